@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Run kb's whole test suite, installing what it needs first (model files, Debian packages for
+# the test documents). Unit tests, then integration tests against real servers on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/env.sh
+start=$(date +%s)
+step() { echo "== $* ($(( $(date +%s) - start )) s)"; }
+
+step "model files"
+bash scripts/fetch-models.sh "$KB_MODELS_DIR"
+export KB_TEST_MODELS_DIR="$KB_MODELS_DIR"
+
+step "test documents"
+bash scripts/test-fixtures.sh test-artifacts/fixtures
+export KB_TEST_FIXTURES="$PWD/test-artifacts/fixtures"
+
+step "format"
+cargo fmt --all -- --check
+
+step "build"
+cargo build --workspace --tests --bins
+
+step "tests"
+cargo test --workspace --no-fail-fast -- --test-threads=2
+
+step "browser tests (chromium + playwright-core)"
+if ! command -v chromium >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null; }
+fi
+(cd tests/web && npm ci --no-audit --no-fund --silent)
+KB_BIN="$CARGO_TARGET_DIR/debug/kb" KB_MODELS_DIR="$KB_MODELS_DIR" node --test tests/web/
+
+step "all done"

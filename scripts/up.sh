@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up and start kb on its embedded defaults: fetch the embedding model if missing, build,
+# and serve on http://127.0.0.1:8080 with everything under ./data.
+# Extra arguments go to `kb serve` (e.g. --addr 0.0.0.0:8080, --data-dir /srv/kb).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/env.sh
+bash scripts/fetch-models.sh "$KB_MODELS_DIR"
+[ -e models ] || ln -s "$KB_MODELS_DIR" models
+cargo build --bin kb
+exec "$CARGO_TARGET_DIR/debug/kb" serve "$@"

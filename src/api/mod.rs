@@ -1,0 +1,485 @@
+//! HTTP: routes, extractors, request/response types, SSE encoding. Errors have one JSON shape,
+//! `{"error": {"code", "message"}}`, with the right status; internal details are logged only.
+
+mod upload;
+mod web;
+
+use crate::query::{AskEvent, AskParams, SearchParams};
+use crate::store::SearchMode;
+use crate::Core;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub type AppState = Arc<Core>;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// Log the detail, return a generic message.
+    pub fn internal(e: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %e, "internal error");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "an internal error occurred; see the server log",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<crate::catalog::CatalogError> for ApiError {
+    fn from(e: crate::catalog::CatalogError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+impl From<crate::query::QueryError> for ApiError {
+    fn from(e: crate::query::QueryError) -> Self {
+        use crate::models::ModelError as M;
+        use crate::query::QueryError as Q;
+        match e {
+            Q::NoCollection(c) => {
+                ApiError::not_found("collection_not_found", format!("collection `{c}` does not exist"))
+            }
+            Q::Model(m) => {
+                let status = match &m {
+                    M::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+                    M::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                    M::Closed => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                ApiError::new(status, m.code(), m.to_string())
+            }
+            Q::Store(s) => ApiError::internal(s),
+            Q::Catalog(c) => ApiError::internal(c),
+        }
+    }
+}
+
+/// `Json<T>` whose rejections use the API's error shape.
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(rej) => Err(match rej {
+                JsonRejection::MissingJsonContentType(_) => ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "expected Content-Type: application/json",
+                ),
+                JsonRejection::JsonSyntaxError(e) => {
+                    ApiError::bad_request("malformed_json", format!("malformed JSON: {}", e.body_text()))
+                }
+                JsonRejection::JsonDataError(e) => {
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.body_text())
+                }
+                other => ApiError::bad_request("invalid_request", other.body_text()),
+            }),
+        }
+    }
+}
+
+pub fn valid_collection(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_collection",
+            "collection names are 1-64 characters: letters, digits, '_', '-', '.', starting with a letter or digit",
+        ))
+    }
+}
+
+pub fn router(core: Arc<Core>) -> Router {
+    let api = Router::new()
+        .route("/v1/collections", get(list_collections))
+        .route("/v1/collections/{collection}", get(get_collection))
+        .route(
+            "/v1/collections/{collection}/documents",
+            post(upload::upload)
+                .get(list_documents)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/v1/documents/{id}", get(get_document).delete(delete_document))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/events", get(job_events))
+        .route("/v1/search", post(search))
+        .route("/v1/ask", post(ask))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
+    api.merge(web::routes())
+        .fallback(|| async { ApiError::not_found("not_found", "no such route") })
+        .layer(axum::middleware::from_fn_with_state(core.clone(), observe))
+        .with_state(core)
+}
+
+/// Request id, tracing span, metrics.
+async fn observe(State(core): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 64 && v.chars().all(|c| c.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let span = tracing::info_span!("request", request_id = %id, %method, %route);
+    let mut req = req;
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = {
+        use tracing::Instrument;
+        next.run(req).instrument(span.clone()).await
+    };
+    let status = resp.status().as_u16();
+    let secs = started.elapsed().as_secs_f64();
+    core.metrics.observe(&method, &route, status, secs);
+    span.in_scope(|| tracing::info!(status, ms = (secs * 1000.0) as u64, "request"));
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+#[derive(Clone)]
+pub struct RequestId(pub String);
+
+async fn readyz(State(core): State<AppState>) -> Response {
+    match core.catalog.collections().await {
+        Ok(_) => Json(json!({"status": "ready"})).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "not ready");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the catalog is unavailable")
+                .into_response()
+        }
+    }
+}
+
+async fn metrics(State(core): State<AppState>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        core.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn list_collections(State(core): State<AppState>) -> Result<Response, ApiError> {
+    let c = core.catalog.collections().await?;
+    Ok(Json(json!({"collections": c})).into_response())
+}
+
+/// A collection with its counts: `chunks` (catalog, live versions) and `points` (index).
+async fn get_collection(State(core): State<AppState>, Path(collection): Path<String>) -> Result<Response, ApiError> {
+    valid_collection(&collection)?;
+    let Some(info) = core.catalog.collection(&collection).await? else {
+        return Err(ApiError::not_found(
+            "collection_not_found",
+            format!("collection `{collection}` does not exist"),
+        ));
+    };
+    let chunks = core.catalog.live_chunks(&collection).await?;
+    let points = match core.store.count(&collection, None).await {
+        Ok(n) => n as i64,
+        Err(crate::store::StoreError::NoCollection(_)) => 0,
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    let mut v = serde_json::to_value(info).map_err(ApiError::internal)?;
+    v["chunks"] = chunks.into();
+    v["points"] = points.into();
+    Ok(Json(v).into_response())
+}
+
+async fn list_documents(
+    State(core): State<AppState>,
+    Path(collection): Path<String>,
+) -> Result<Response, ApiError> {
+    valid_collection(&collection)?;
+    if core.catalog.collection(&collection).await?.is_none() {
+        return Err(ApiError::not_found(
+            "collection_not_found",
+            format!("collection `{collection}` does not exist"),
+        ));
+    }
+    let docs = core.catalog.documents(&collection).await?;
+    Ok(Json(json!({"collection": collection, "documents": docs})).into_response())
+}
+
+async fn get_document(State(core): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    match core.catalog.document(&id).await? {
+        Some(d) => Ok(Json(d).into_response()),
+        None => Err(ApiError::not_found("document_not_found", format!("no document `{id}`"))),
+    }
+}
+
+async fn delete_document(State(core): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    match core.delete_document(&id).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(false) => Err(ApiError::not_found("document_not_found", format!("no document `{id}`"))),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
+async fn get_job(State(core): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    match core.catalog.job(&id).await? {
+        Some(j) => Ok(Json(j).into_response()),
+        None => Err(ApiError::not_found("job_not_found", format!("no job `{id}`"))),
+    }
+}
+
+fn terminal(status: &str) -> bool {
+    status == "done" || status == "failed"
+}
+
+async fn job_events(State(core): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    // Subscribe before reading the current state so no update is missed in between.
+    let mut rx = core.ingestor.events.subscribe();
+    let Some(first) = core.catalog.job(&id).await? else {
+        return Err(ApiError::not_found("job_not_found", format!("no job `{id}`")));
+    };
+    let keep_alive = core.config.server.keep_alive_secs;
+    let stream = async_stream::stream! {
+        let done = terminal(&first.status);
+        yield Ok::<Event, Infallible>(Event::default().event("progress").json_data(&first).unwrap());
+        if done {
+            return;
+        }
+        loop {
+            match rx.recv().await {
+                Ok(row) if row.id == id => {
+                    let end = terminal(&row.status);
+                    yield Ok(Event::default().event("progress").json_data(&row).unwrap());
+                    if end {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Missed some: resend the current state.
+                    if let Ok(Some(row)) = core.catalog.job(&id).await {
+                        let end = terminal(&row.status);
+                        yield Ok(Event::default().event("progress").json_data(&row).unwrap());
+                        if end { return; }
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    };
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(keep_alive)).text("keep-alive"))
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    #[serde(alias = "question")]
+    pub query: String,
+    #[serde(default)]
+    pub collection: Option<String>,
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub document_ids: Option<Vec<String>>,
+}
+
+fn search_params(core: &Core, collection: Option<String>, query: &str, top_k: Option<usize>, mode: Option<String>, document_ids: Option<Vec<String>>) -> Result<SearchParams, ApiError> {
+    let collection = collection.unwrap_or_else(|| "default".into());
+    valid_collection(&collection)?;
+    let q = query.trim();
+    if q.is_empty() {
+        return Err(ApiError::bad_request("empty_question", "the question is empty"));
+    }
+    let max = core.config.limits.max_question_chars;
+    if q.chars().count() > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "question_too_long",
+            format!("the question is longer than {max} characters"),
+        ));
+    }
+    let top_k = top_k.unwrap_or(core.config.retrieval.top_k);
+    if top_k == 0 || top_k > 100 {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_top_k", "top_k must be between 1 and 100"));
+    }
+    let mode = SearchMode::parse(mode.as_deref().unwrap_or(&core.config.retrieval.mode))
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_mode", e.to_string()))?;
+    Ok(SearchParams {
+        collection,
+        query: q.to_string(),
+        top_k,
+        mode,
+        doc_ids: document_ids,
+    })
+}
+
+async fn search(State(core): State<AppState>, JsonBody(req): JsonBody<SearchRequest>) -> Result<Response, ApiError> {
+    let p = search_params(&core, req.collection, &req.query, req.top_k, req.mode, req.document_ids)?;
+    let t = Instant::now();
+    let results = core.query.search(&p).await?;
+    Ok(Json(json!({
+        "collection": p.collection,
+        "mode": p.mode,
+        "results": results,
+        "timings_ms": {"total": t.elapsed().as_millis() as u64},
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AskRequest {
+    pub question: String,
+    #[serde(default)]
+    pub collection: Option<String>,
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub document_ids: Option<Vec<String>>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+}
+
+fn sse_event(ev: &AskEvent) -> Event {
+    match ev {
+        AskEvent::Meta(m) => Event::default().event("meta").json_data(m),
+        AskEvent::Sources(s) => Event::default().event("sources").json_data(s),
+        AskEvent::Token(t) => Event::default().event("token").json_data(json!({"text": t})),
+        AskEvent::Done(d) => Event::default().event("done").json_data(d),
+        AskEvent::Error { code, message } => Event::default()
+            .event("error")
+            .json_data(json!({"error": {"code": code, "message": message}})),
+    }
+    .expect("serialisable event")
+}
+
+async fn ask(
+    State(core): State<AppState>,
+    axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<AskRequest>,
+) -> Result<Response, ApiError> {
+    let p = search_params(&core, req.collection, &req.question, req.top_k, req.mode, req.document_ids)?;
+    // Unknown collection: a plain 404 before any stream starts.
+    if core.catalog.collection(&p.collection).await?.is_none() {
+        return Err(ApiError::not_found(
+            "collection_not_found",
+            format!("collection `{}` does not exist", p.collection),
+        ));
+    }
+    let wants_json = req.stream == Some(false)
+        || (req.stream.is_none()
+            && headers
+                .get(axum::http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains("application/json") && !a.contains("text/event-stream")));
+    let events = core.query.ask(AskParams {
+        search: p,
+        request_id,
+        conversation_id: req.conversation_id,
+    });
+    if wants_json {
+        let mut body = serde_json::Map::new();
+        let mut events = events;
+        while let Some(ev) = events.next().await {
+            match ev {
+                AskEvent::Meta(m) => {
+                    body.insert("meta".into(), serde_json::to_value(m).unwrap());
+                }
+                AskEvent::Sources(s) => {
+                    body.insert("sources".into(), serde_json::to_value(s).unwrap());
+                }
+                AskEvent::Token(_) => {}
+                AskEvent::Done(d) => {
+                    if let serde_json::Value::Object(m) = serde_json::to_value(*d).unwrap() {
+                        body.extend(m);
+                    }
+                }
+                AskEvent::Error { code, message } => {
+                    let status = match code.as_str() {
+                        "upstream_timeout" => StatusCode::GATEWAY_TIMEOUT,
+                        "upstream_rate_limited" => StatusCode::TOO_MANY_REQUESTS,
+                        "collection_not_found" => StatusCode::NOT_FOUND,
+                        "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
+                        _ => StatusCode::BAD_GATEWAY,
+                    };
+                    return Ok((status, Json(json!({"error": {"code": code, "message": message}}))).into_response());
+                }
+            }
+        }
+        return Ok(Json(serde_json::Value::Object(body)).into_response());
+    }
+    let stream = events.map(|ev| Ok::<Event, Infallible>(sse_event(&ev)));
+    Ok(Sse::new(stream)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(core.config.server.keep_alive_secs))
+                .text("keep-alive"),
+        )
+        .into_response())
+}

@@ -1,0 +1,216 @@
+//! `POST /v1/collections/{c}/documents`: multipart upload of one or more `file` parts.
+//!
+//! Each file streams to a temp file while it is hashed; the size limit is enforced while
+//! streaming. Every file is checked before any is registered, so a request with one bad file
+//! changes nothing.
+
+use super::{valid_collection, ApiError, AppState};
+use axum::extract::{Multipart, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use kb_ingest::{ExtractError, MediaType};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+struct Staged {
+    name: String,
+    tmp: std::path::PathBuf,
+    hash: String,
+    size: u64,
+}
+
+/// Temp files of a request, removed unless handed over.
+struct Cleanup(Vec<std::path::PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+pub fn valid_filename(name: &str) -> Result<String, ApiError> {
+    let bad = |m: &str| ApiError::bad_request("invalid_filename", m.to_string());
+    if name.is_empty() || name.trim().is_empty() {
+        return Err(bad("the file has no name"));
+    }
+    if name.len() > 255 {
+        return Err(bad("the file name is longer than 255 bytes"));
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return Err(bad("the file name contains control characters"));
+    }
+    if name.contains('/') || name.contains('\\') || name == "." || name == ".." {
+        return Err(bad("the file name must not contain path components"));
+    }
+    Ok(name.to_string())
+}
+
+fn extract_error(name: &str, e: ExtractError) -> ApiError {
+    let msg = format!("{name}: {e}");
+    match e {
+        ExtractError::Empty => ApiError::bad_request("empty_file", msg),
+        ExtractError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", msg),
+        ExtractError::Unsupported(_) => {
+            ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", msg)
+        }
+        ExtractError::InvalidUtf8 => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_utf8", msg),
+        _ => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_document", msg),
+    }
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    let status = e.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(status, "file_too_large", e.body_text())
+    } else {
+        ApiError::bad_request("malformed_multipart", format!("malformed multipart body: {}", e.body_text()))
+    }
+}
+
+/// Check what can be checked without parsing: type, UTF-8 for text, PDF truncation.
+async fn check_file(st: &Staged, head: &[u8], declared: Option<&str>) -> Result<(), ApiError> {
+    if st.size == 0 {
+        return Err(extract_error(&st.name, ExtractError::Empty));
+    }
+    let media = kb_ingest::sniff(head, &st.name, declared).or_else(|e| match e {
+        // The head may end inside a multi-byte character: judge UTF-8 on the whole file below.
+        ExtractError::InvalidUtf8 => Ok(MediaType::Text),
+        e => Err(e),
+    });
+    let media = media.map_err(|e| extract_error(&st.name, e))?;
+    if media == MediaType::Pdf {
+        // A PDF ends with %%EOF (possibly followed by a little whitespace or junk).
+        let tail = read_tail(&st.tmp, 2048).await.map_err(ApiError::internal)?;
+        if !tail.windows(5).any(|w| w == b"%%EOF") {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "corrupt_pdf",
+                format!("{}: the PDF is truncated (no end-of-file marker)", st.name),
+            ));
+        }
+        return Ok(());
+    }
+    let bytes = tokio::fs::read(&st.tmp).await.map_err(ApiError::internal)?;
+    kb_ingest::sniff(&bytes, &st.name, declared).map_err(|e| extract_error(&st.name, e))?;
+    Ok(())
+}
+
+async fn read_tail(path: &std::path::Path, n: u64) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(path).await?;
+    let len = f.metadata().await?.len();
+    f.seek(std::io::SeekFrom::Start(len.saturating_sub(n))).await?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).await?;
+    Ok(buf)
+}
+
+pub async fn upload(
+    State(core): State<AppState>,
+    Path(collection): Path<String>,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Response, ApiError> {
+    valid_collection(&collection)?;
+    let mut multipart = multipart.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected_multipart",
+            format!("expected a multipart/form-data body with `file` parts: {}", e.body_text()),
+        )
+    })?;
+    let limit = core.config.limits.max_upload_bytes;
+    let max_files = core.config.limits.max_files_per_request;
+    let mut staged: Vec<Staged> = Vec::new();
+    let mut cleanup = Cleanup(Vec::new());
+    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+        if field.name() != Some("file") {
+            continue;
+        }
+        if staged.len() >= max_files {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_files",
+                format!("at most {max_files} files per request"),
+            ));
+        }
+        let name = valid_filename(field.file_name().unwrap_or(""))?;
+        let declared = field.content_type().map(str::to_string);
+        let tmp = core.temp_path();
+        cleanup.0.push(tmp.clone());
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(ApiError::internal)?;
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        let mut head: Vec<u8> = Vec::with_capacity(1024);
+        while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "file_too_large",
+                    format!("{name}: over the upload limit of {limit} bytes"),
+                ));
+            }
+            if head.len() < 8192 {
+                let take = (8192 - head.len()).min(chunk.len());
+                head.extend_from_slice(&chunk[..take]);
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(ApiError::internal)?;
+        }
+        file.flush().await.map_err(ApiError::internal)?;
+        file.sync_all().await.map_err(ApiError::internal)?;
+        drop(file);
+        let st = Staged {
+            name,
+            tmp,
+            hash: hex::encode(hasher.finalize()),
+            size,
+        };
+        check_file(&st, &head, declared.as_deref()).await?;
+        staged.push(st);
+    }
+    if staged.is_empty() {
+        return Err(ApiError::bad_request(
+            "no_files",
+            "the request has no `file` parts",
+        ));
+    }
+    let mut results = Vec::with_capacity(staged.len());
+    for st in staged {
+        let r = core
+            .register(&collection, &st.name, &st.tmp, &st.hash, st.size)
+            .await
+            .map_err(|e| match e {
+                crate::UploadError::EmbedderMismatch { .. } => {
+                    ApiError::new(StatusCode::CONFLICT, "embedder_mismatch", e.to_string())
+                }
+                crate::UploadError::Other(e) => ApiError::internal(e),
+            })?;
+        results.push(r);
+    }
+    drop(cleanup);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"collection": collection, "documents": results})),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filenames_with_paths_or_controls_are_rejected() {
+        assert!(valid_filename("report.pdf").is_ok());
+        assert!(valid_filename("ünïcode name (1).md").is_ok());
+        for bad in ["", "  ", "../etc/passwd", "a/b.txt", "a\\b.txt", "bad\nname.txt", "nul\0.txt", ".."] {
+            let e = valid_filename(bad).unwrap_err();
+            assert_eq!(e.code, "invalid_filename", "{bad:?}");
+        }
+    }
+}

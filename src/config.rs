@@ -1,0 +1,374 @@
+//! Layered configuration: defaults in code < `kb.toml` < `KB_*` environment < command-line flags.
+//! Unknown keys are errors. Secrets are masked when printed.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub data_dir: PathBuf,
+    pub models_dir: PathBuf,
+    pub embedding: EmbeddingConfig,
+    pub llm: LlmConfig,
+    pub store: StoreConfig,
+    pub chunking: ChunkingConfig,
+    pub retrieval: RetrievalConfig,
+    pub limits: LimitsConfig,
+    pub jobs: JobsConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            data_dir: PathBuf::from("./data"),
+            models_dir: PathBuf::from("./models"),
+            embedding: EmbeddingConfig::default(),
+            llm: LlmConfig::default(),
+            store: StoreConfig::default(),
+            chunking: ChunkingConfig::default(),
+            retrieval: RetrievalConfig::default(),
+            limits: LimitsConfig::default(),
+            jobs: JobsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub addr: String,
+    /// Seconds between `: keep-alive` comments on SSE streams.
+    pub keep_alive_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            addr: "127.0.0.1:8080".into(),
+            keep_alive_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddingConfig {
+    /// `local` (candle, weights from `models_dir`) or `openai` (any OpenAI-compatible API).
+    pub provider: String,
+    /// Model name; for `local`, a directory under `models_dir` or an absolute path.
+    pub model: String,
+    pub base_url: Option<String>,
+    pub api_key: Option<String>,
+    /// Vector dimension for remote models (local models report their own).
+    pub dim: Option<usize>,
+    /// Chunks per embedding call during ingestion.
+    pub batch_size: usize,
+    /// Threads the local embedder may use (0 = all cores).
+    pub threads: usize,
+}
+
+impl Default for EmbeddingConfig {
+    fn default() -> Self {
+        EmbeddingConfig {
+            provider: "local".into(),
+            model: "all-MiniLM-L6-v2".into(),
+            base_url: None,
+            api_key: None,
+            dim: None,
+            batch_size: 8,
+            threads: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmConfig {
+    /// `extractive` (no model: quotes the best sentences) or `openai` (any OpenAI-compatible API).
+    pub provider: String,
+    pub model: Option<String>,
+    pub base_url: Option<String>,
+    pub api_key: Option<String>,
+    /// The model's context window, in tokens.
+    pub context_window: usize,
+    /// Tokens reserved for the answer.
+    pub max_answer_tokens: usize,
+    pub temperature: f32,
+    pub connect_timeout_secs: f64,
+    pub first_token_timeout_secs: f64,
+    pub idle_timeout_secs: f64,
+    pub total_timeout_secs: f64,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            provider: "extractive".into(),
+            model: None,
+            base_url: None,
+            api_key: None,
+            context_window: 8192,
+            max_answer_tokens: 768,
+            temperature: 0.1,
+            connect_timeout_secs: 5.0,
+            first_token_timeout_secs: 30.0,
+            idle_timeout_secs: 20.0,
+            total_timeout_secs: 120.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `edge` (Qdrant Edge, in-process, under `data_dir`).
+    pub backend: String,
+    pub url: Option<String>,
+    /// Seconds of ingestion quiet before the HNSW index is (re)built in the background.
+    pub optimize_after_secs: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: "edge".into(),
+            url: None,
+            optimize_after_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChunkingConfig {
+    /// Largest chunk in embedder tokens; 0 = the embedder's maximum input.
+    pub max_tokens: usize,
+    pub overlap_tokens: usize,
+}
+
+impl Default for ChunkingConfig {
+    fn default() -> Self {
+        ChunkingConfig {
+            max_tokens: 0,
+            overlap_tokens: 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrievalConfig {
+    pub top_k: usize,
+    /// `hybrid` (dense + BM25, fused with RRF), `dense` or `sparse`.
+    pub mode: String,
+    /// Candidates fetched from each retriever before fusion.
+    pub candidates: usize,
+}
+
+impl Default for RetrievalConfig {
+    fn default() -> Self {
+        RetrievalConfig {
+            top_k: 8,
+            mode: "hybrid".into(),
+            candidates: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_upload_bytes: u64,
+    pub max_files_per_request: usize,
+    pub max_pages: usize,
+    pub pdf_timeout_secs: u64,
+    pub pdf_memory_mb: u64,
+    pub max_question_chars: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_upload_bytes: 104_857_600,
+            max_files_per_request: 100,
+            max_pages: 5_000,
+            pdf_timeout_secs: 120,
+            pdf_memory_mb: 2048,
+            max_question_chars: 4_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Documents extracted and chunked concurrently.
+    pub workers: usize,
+    /// Attempts before a job is marked failed.
+    pub max_attempts: u32,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            workers: 2,
+            max_attempts: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// Log document and prompt text (off by default).
+    pub content: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "text".into(),
+            content: false,
+        }
+    }
+}
+
+/// Overrides from command-line flags, applied last.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub addr: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Load the layered configuration. `file`: explicit path (`--config`), else `KB_CONFIG`,
+    /// else `./kb.toml` if it exists.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        let env_file = std::env::var_os("KB_CONFIG").map(PathBuf::from);
+        let path = file.map(Path::to_path_buf).or(env_file);
+        match path {
+            Some(p) => {
+                if !p.exists() {
+                    anyhow::bail!("config file {} does not exist", p.display());
+                }
+                fig = fig.merge(Toml::file(p));
+            }
+            None => {
+                if Path::new("kb.toml").exists() {
+                    fig = fig.merge(Toml::file("kb.toml"));
+                }
+            }
+        }
+        fig = fig.merge(
+            Env::prefixed("KB_")
+                .ignore(&["CONFIG", "LOG"])
+                .split("__")
+                .lowercase(true),
+        );
+        if let Some(a) = &overrides.addr {
+            fig = fig.merge(("server.addr", a));
+        }
+        if let Some(d) = &overrides.data_dir {
+            fig = fig.merge(("data_dir", d));
+        }
+        let cfg: Config = fig
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        match self.embedding.provider.as_str() {
+            "local" | "openai" => {}
+            p => anyhow::bail!("embedding.provider must be `local` or `openai`, not `{p}`"),
+        }
+        match self.llm.provider.as_str() {
+            "extractive" | "openai" => {}
+            p => anyhow::bail!("llm.provider must be `extractive` or `openai`, not `{p}`"),
+        }
+        if self.llm.provider == "openai" && self.llm.model.is_none() {
+            anyhow::bail!("llm.model is required when llm.provider is `openai`");
+        }
+        if self.store.backend != "edge" {
+            anyhow::bail!(
+                "store.backend `{}` is not available in this build (only `edge`)",
+                self.store.backend
+            );
+        }
+        crate::store::SearchMode::parse(&self.retrieval.mode)?;
+        if self.retrieval.top_k == 0 || self.retrieval.top_k > 100 {
+            anyhow::bail!("retrieval.top_k must be between 1 and 100");
+        }
+        if self.embedding.batch_size == 0 {
+            anyhow::bail!("embedding.batch_size must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML with secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut c = self.clone();
+        for key in [&mut c.embedding.api_key, &mut c.llm.api_key] {
+            if key.is_some() {
+                *key = Some("********".into());
+            }
+        }
+        toml::to_string_pretty(&c).unwrap_or_default()
+    }
+
+    pub fn ingest_limits(&self) -> kb_ingest::Limits {
+        kb_ingest::Limits {
+            max_bytes: self.limits.max_upload_bytes as usize,
+            max_pages: self.limits.max_pages,
+            max_time: std::time::Duration::from_secs(self.limits.pdf_timeout_secs),
+            max_memory_bytes: self.limits.pdf_memory_mb * 1024 * 1024,
+            ..kb_ingest::Limits::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn layers_apply_in_order_and_unknown_keys_fail() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "kb.toml",
+                "data_dir = \"/from/file\"\n[retrieval]\ntop_k = 5\n[llm]\napi_key = \"sk-secret\"\n",
+            )?;
+            jail.set_env("KB_RETRIEVAL__TOP_K", "7");
+            let cfg = Config::load(
+                None,
+                &Overrides {
+                    addr: Some("127.0.0.1:9999".into()),
+                    data_dir: None,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            assert_eq!(cfg.data_dir, PathBuf::from("/from/file"));
+            assert_eq!(cfg.retrieval.top_k, 7, "env beats file");
+            assert_eq!(cfg.server.addr, "127.0.0.1:9999", "flag beats all");
+            let shown = cfg.to_masked_toml();
+            assert!(!shown.contains("sk-secret") && shown.contains("********"));
+
+            jail.set_env("KB_RETRIEVAL__TOPK", "3");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("topk"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,391 @@
+//! Durable ingestion jobs: extract -> chunk -> embed -> index -> activate.
+//!
+//! Jobs live in the catalog, so a job survives a crash: at start-up every queued or running job
+//! is queued again and re-run from the top. That is safe because chunk ids are deterministic and
+//! a run first removes whatever an earlier attempt of the same version left behind.
+//! A version is invisible to queries until its last chunk is indexed; then one catalog
+//! transaction plus one visibility swap make it live and retire the previous version.
+
+use crate::catalog::{Catalog, JobRow};
+use crate::models::{Embedder, Priority};
+use crate::query::Visibility;
+use crate::store::{ChunkPayload, CollectionSpec, Point, VectorStore};
+use kb_ingest::{ChunkConfig, ExtractError, Limits, MediaType};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc};
+
+pub struct Ingestor {
+    pub catalog: Catalog,
+    pub store: Arc<dyn VectorStore>,
+    pub embedder: Arc<dyn Embedder>,
+    pub visibility: Arc<Visibility>,
+    pub blobs: Blobs,
+    pub limits: Limits,
+    pub chunking: ChunkConfig,
+    /// Program and arguments that run the isolated PDF extractor.
+    pub pdf_extractor: (PathBuf, Vec<String>),
+    pub batch_size: usize,
+    pub max_attempts: u32,
+    pub events: broadcast::Sender<JobRow>,
+    /// Collections written to, and when: the optimiser waits for quiet.
+    dirty: Mutex<HashMap<String, Instant>>,
+}
+
+/// Uploaded bytes, content-addressed, so jobs can be re-run after a crash.
+#[derive(Clone)]
+pub struct Blobs {
+    pub dir: PathBuf,
+}
+
+impl Blobs {
+    pub fn path(&self, hash: &str) -> PathBuf {
+        self.dir.join(&hash[..2.min(hash.len())]).join(hash)
+    }
+
+    /// Move a finished temp file into place (atomic rename).
+    pub fn put(&self, tmp: &Path, hash: &str) -> std::io::Result<()> {
+        let dst = self.path(hash);
+        if dst.exists() {
+            let _ = std::fs::remove_file(tmp);
+            return Ok(());
+        }
+        std::fs::create_dir_all(dst.parent().expect("blob dir"))?;
+        std::fs::rename(tmp, dst)
+    }
+
+    pub fn remove(&self, hash: &str) {
+        let _ = std::fs::remove_file(self.path(hash));
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum JobError {
+    #[error("{0}")]
+    Extract(#[from] ExtractError),
+    #[error("embedding failed: {0}")]
+    Model(#[from] crate::models::ModelError),
+    #[error("indexing failed: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("catalog error: {0}")]
+    Catalog(#[from] crate::catalog::CatalogError),
+    #[error("the uploaded bytes are missing: {0}")]
+    Blob(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The document was deleted while its job ran.
+    #[error("the document was deleted")]
+    Gone,
+}
+
+#[derive(Clone)]
+pub struct JobQueue {
+    tx: mpsc::UnboundedSender<String>,
+}
+
+impl JobQueue {
+    pub fn submit(&self, job_id: &str) {
+        let _ = self.tx.send(job_id.to_string());
+    }
+}
+
+impl Ingestor {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        catalog: Catalog,
+        store: Arc<dyn VectorStore>,
+        embedder: Arc<dyn Embedder>,
+        visibility: Arc<Visibility>,
+        blobs: Blobs,
+        limits: Limits,
+        chunking: ChunkConfig,
+        pdf_extractor: (PathBuf, Vec<String>),
+        batch_size: usize,
+        max_attempts: u32,
+    ) -> Ingestor {
+        let (events, _) = broadcast::channel(1024);
+        Ingestor {
+            catalog,
+            store,
+            embedder,
+            visibility,
+            blobs,
+            limits,
+            chunking,
+            pdf_extractor,
+            batch_size,
+            max_attempts,
+            events,
+            dirty: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Start `workers` job runners; returns the queue.
+    pub fn start(self: &Arc<Self>, workers: usize) -> JobQueue {
+        let (tx, rx) = mpsc::unbounded_channel::<String>();
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..workers.max(1) {
+            let rx = rx.clone();
+            let this = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    let next = rx.lock().await.recv().await;
+                    let Some(id) = next else { return };
+                    this.run(&id).await;
+                }
+            });
+        }
+        JobQueue { tx }
+    }
+
+    /// Crash recovery: finish pending deletions, hide unfinished versions, requeue their jobs.
+    pub async fn recover(&self, queue: &JobQueue) -> anyhow::Result<usize> {
+        for (collection, key) in self.catalog.hidden_version_keys().await? {
+            self.visibility.hide(&collection, &key);
+        }
+        for (collection, key) in self.catalog.pending_deletes().await? {
+            self.visibility.hide(&collection, &key);
+            self.purge(&collection, &key).await;
+        }
+        let jobs = self.catalog.unfinished_jobs().await?;
+        for j in &jobs {
+            queue.submit(j);
+        }
+        Ok(jobs.len())
+    }
+
+    /// Remove a version's points, then forget it.
+    pub async fn purge(&self, collection: &str, key: &str) {
+        match self.store.delete_version(collection, key).await {
+            Ok(()) => match self.catalog.deletion_done(key).await {
+                Ok(hash) => {
+                    self.visibility.show(collection, key);
+                    if let Some(h) = hash {
+                        self.gc_blob(&h).await;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, key, "could not record deletion"),
+            },
+            Err(e) => tracing::error!(error = %e, key, "could not delete points (retried at restart)"),
+        }
+    }
+
+    pub async fn gc_blob(&self, hash: &str) {
+        if matches!(self.catalog.hash_in_use(hash).await, Ok(false)) {
+            self.blobs.remove(hash);
+        }
+    }
+
+    async fn emit(&self, job_id: &str) {
+        if let Ok(Some(row)) = self.catalog.job(job_id).await {
+            let _ = self.events.send(row);
+        }
+    }
+
+    async fn progress(&self, job_id: &str, stage: &str, done: usize, total: usize) {
+        if let Err(e) = self
+            .catalog
+            .job_progress(job_id, stage, done as i64, total as i64)
+            .await
+        {
+            tracing::warn!(error = %e, "job progress not recorded");
+        }
+        self.emit(job_id).await;
+    }
+
+    async fn run(&self, job_id: &str) {
+        let job = match self.catalog.job(job_id).await {
+            Ok(Some(j)) if j.status == "queued" || j.status == "running" => j,
+            _ => return,
+        };
+        let span = tracing::info_span!("ingest", job_id, doc_id = %job.doc_id, version = job.version);
+        let _enter = span.enter();
+        drop(_enter);
+        let attempts = match self.catalog.job_started(job_id).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start job");
+                return;
+            }
+        };
+        let key = crate::catalog::version_key(&job.doc_id, job.version);
+        self.visibility.hide(&job.collection, &key);
+        if attempts as u32 > self.max_attempts {
+            let msg = format!("gave up after {} attempts", attempts - 1);
+            let _ = self.catalog.job_failed(job_id, &msg).await;
+            self.emit(job_id).await;
+            return;
+        }
+        self.emit(job_id).await;
+        let started = Instant::now();
+        match self.process(&job, &key).await {
+            Ok(chunks) => {
+                tracing::info!(
+                    job_id,
+                    chunks,
+                    ms = started.elapsed().as_millis() as u64,
+                    "document indexed"
+                );
+            }
+            Err(JobError::Gone) => {
+                tracing::info!(job_id, "document deleted during ingestion");
+                self.store.delete_version(&job.collection, &key).await.ok();
+            }
+            Err(e) => {
+                tracing::warn!(job_id, error = %e, "ingestion failed");
+                let _ = self.catalog.job_failed(job_id, &e.to_string()).await;
+                // An earlier attempt's points of this version must not linger.
+                let _ = self.store.delete_version(&job.collection, &key).await;
+                self.emit(job_id).await;
+            }
+        }
+    }
+
+    async fn process(&self, job: &JobRow, key: &str) -> Result<usize, JobError> {
+        let job_id = job.id.as_str();
+        // Leftovers of an interrupted attempt go first: no duplicate or orphaned chunks.
+        self.store
+            .ensure_collection(&CollectionSpec {
+                name: job.collection.clone(),
+                dim: self.embedder.dim(),
+                model: self.embedder.model_id(),
+            })
+            .await?;
+        self.store.delete_version(&job.collection, key).await?;
+
+        self.progress(job_id, "extract", 0, 1).await;
+        let bytes = tokio::fs::read(self.blobs.path(&job.content_hash))
+            .await
+            .map_err(|e| JobError::Blob(e.to_string()))?;
+        let limits = self.limits.clone();
+        let (prog, args) = self.pdf_extractor.clone();
+        let name = job.doc_name.clone();
+        let doc = tokio::task::spawn_blocking(move || {
+            let media = kb_ingest::check_and_sniff(&bytes, &name, None, &limits)?;
+            match media {
+                MediaType::Pdf => {
+                    let pages = kb_ingest::pdf::extract_isolated(&prog, &args, &bytes, &limits)?;
+                    kb_ingest::from_pdf_pages(pages, &limits)
+                }
+                other => kb_ingest::extract_text_like(&bytes, other, &limits),
+            }
+        })
+        .await
+        .map_err(|e| JobError::Internal(e.to_string()))??;
+        self.catalog
+            .version_extracted(
+                job_id,
+                doc.media_type.as_str(),
+                (doc.pages > 0).then_some(doc.pages as i64),
+            )
+            .await?;
+
+        self.progress(job_id, "chunk", 0, 1).await;
+        let counter = self.embedder.token_counter();
+        let cfg = self.chunking.clone();
+        let chunks = tokio::task::spawn_blocking(move || kb_ingest::chunk(&doc, &cfg, &*counter))
+            .await
+            .map_err(|e| JobError::Internal(e.to_string()))?;
+        if chunks.is_empty() {
+            return Err(ExtractError::NoText(String::new()).into());
+        }
+        let total = chunks.len();
+        let tokens: u64 = chunks.iter().map(|c| c.token_count as u64).sum();
+        self.progress(job_id, "embed", 0, total).await;
+        let mut done = 0;
+        for batch in chunks.chunks(self.batch_size) {
+            let texts: Vec<String> = batch.iter().map(|c| c.text.clone()).collect();
+            let vectors = self.embedder.embed(texts, Priority::Bulk).await?;
+            let points = batch
+                .iter()
+                .zip(vectors)
+                .map(|(c, dense)| Point {
+                    dense,
+                    payload: ChunkPayload {
+                        collection: job.collection.clone(),
+                        doc_id: job.doc_id.clone(),
+                        doc_version: job.version,
+                        version_key: key.to_string(),
+                        ord: c.ord,
+                        text: c.text.clone(),
+                        token_count: c.token_count,
+                        page: c.page,
+                        heading: c.heading.clone(),
+                        byte_start: c.byte_start,
+                        byte_end: c.byte_end,
+                        content_hash: c.content_hash.clone(),
+                    },
+                })
+                .collect();
+            self.store.upsert(&job.collection, points).await?;
+            done += batch.len();
+            if self.catalog.job(job_id).await?.is_none() {
+                return Err(JobError::Gone);
+            }
+            self.progress(job_id, "embed", done, total).await;
+        }
+        self.mark_dirty(&job.collection);
+
+        // Go live: catalog first, then the visibility swap, then retire the old version.
+        let (collection, new_key, retired) = match self
+            .catalog
+            .activate(job_id, total as i64, tokens as i64)
+            .await
+        {
+            Ok(r) => r,
+            Err(crate::catalog::CatalogError::Db(sqlx::Error::RowNotFound)) => {
+                return Err(JobError::Gone)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.visibility.swap(&collection, &new_key, retired.as_deref());
+        self.emit(job_id).await;
+        if let Some(old) = retired {
+            self.purge(&collection, &old).await;
+        }
+        Ok(total)
+    }
+
+    fn mark_dirty(&self, collection: &str) {
+        self.dirty
+            .lock()
+            .unwrap()
+            .insert(collection.to_string(), Instant::now());
+    }
+
+    /// Background optimiser: builds HNSW indexes once a collection has been quiet for `quiet`.
+    pub fn start_optimizer(self: &Arc<Self>, quiet: Duration) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let due: Vec<String> = {
+                    let mut d = this.dirty.lock().unwrap();
+                    let due: Vec<String> = d
+                        .iter()
+                        .filter(|(_, t)| t.elapsed() >= quiet)
+                        .map(|(c, _)| c.clone())
+                        .collect();
+                    for c in &due {
+                        d.remove(c);
+                    }
+                    due
+                };
+                for c in due {
+                    let t = Instant::now();
+                    match this.store.optimize(&c).await {
+                        Ok(changed) => tracing::info!(
+                            collection = %c,
+                            changed,
+                            ms = t.elapsed().as_millis() as u64,
+                            "index optimised"
+                        ),
+                        Err(e) => tracing::warn!(collection = %c, error = %e, "optimise failed"),
+                    }
+                }
+            }
+        });
+    }
+}

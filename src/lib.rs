@@ -1,0 +1,343 @@
+//! kb: a retrieval-augmented knowledge-base server.
+//!
+//! `Core::open(config)` wires the parts (catalog, store, models, jobs, query engine);
+//! `App::build(config)` adds the HTTP router on top. The CLI and the tests use both.
+
+pub mod api;
+pub mod catalog;
+pub mod config;
+pub mod jobs;
+pub mod metrics;
+pub mod models;
+pub mod query;
+pub mod store;
+
+use anyhow::Context;
+use catalog::{Catalog, NewUpload};
+use config::Config;
+use jobs::{Blobs, Ingestor, JobQueue};
+use models::{ChatModel, Embedder};
+use query::{QueryEngine, Visibility};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use store::VectorStore;
+
+/// Exclusive use of a data directory (Qdrant Edge shards allow one process).
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+impl DataDirLock {
+    pub fn acquire(dir: &Path) -> anyhow::Result<DataDirLock> {
+        use std::os::unix::io::AsRawFd;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+        let path = dir.join("kb.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            anyhow::bail!(
+                "data dir {} is in use by another kb process (use `--server URL` to talk to it)",
+                dir.display()
+            );
+        }
+        Ok(DataDirLock { _file: file })
+    }
+}
+
+/// Where an upload stands after registration.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UploadResult {
+    pub name: String,
+    pub document_id: String,
+    pub job_id: String,
+    pub version: i64,
+    /// The same bytes were already in the collection: nothing new was created.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("collection `{collection}` was built with `{have}`; this server embeds with `{want}`")]
+    EmbedderMismatch {
+        collection: String,
+        have: String,
+        want: String,
+    },
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+pub struct Core {
+    pub config: Config,
+    pub catalog: Catalog,
+    pub store: Arc<dyn VectorStore>,
+    pub embedder: Arc<dyn Embedder>,
+    pub ingestor: Arc<Ingestor>,
+    pub queue: JobQueue,
+    pub query: Arc<QueryEngine>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub tmp_dir: PathBuf,
+    _lock: DataDirLock,
+}
+
+fn build_embedder(cfg: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
+    let e = &cfg.embedding;
+    match e.provider.as_str() {
+        "local" => {
+            let p = Path::new(&e.model);
+            let dir = if p.is_absolute() || p.exists() {
+                p.to_path_buf()
+            } else {
+                cfg.models_dir.join(&e.model)
+            };
+            Ok(Arc::new(models::local_embed::LocalEmbedder::load(&dir, &e.model)?))
+        }
+        "openai" => {
+            let base = e
+                .base_url
+                .clone()
+                .unwrap_or_else(|| "https://api.openai.com/v1".into());
+            let dim = e
+                .dim
+                .context("embedding.dim is required for the openai provider")?;
+            let client = models::openai::Client::new(&base, e.api_key.clone(), policy(cfg))?;
+            Ok(Arc::new(models::openai::OpenAiEmbedder::new(client, &e.model, dim)))
+        }
+        p => anyhow::bail!("unknown embedding provider `{p}`"),
+    }
+}
+
+fn policy(cfg: &Config) -> models::openai::Policy {
+    let l = &cfg.llm;
+    let secs = std::time::Duration::from_secs_f64;
+    models::openai::Policy {
+        connect: secs(l.connect_timeout_secs),
+        first_token: secs(l.first_token_timeout_secs),
+        idle: secs(l.idle_timeout_secs),
+        total: secs(l.total_timeout_secs),
+        ..Default::default()
+    }
+}
+
+fn build_chat(cfg: &Config) -> anyhow::Result<Option<Arc<dyn ChatModel>>> {
+    let l = &cfg.llm;
+    match l.provider.as_str() {
+        "extractive" => Ok(None),
+        "openai" => {
+            let base = l
+                .base_url
+                .clone()
+                .unwrap_or_else(|| "https://api.openai.com/v1".into());
+            let client = models::openai::Client::new(&base, l.api_key.clone(), policy(cfg))?;
+            let model = l.model.clone().context("llm.model is required")?;
+            Ok(Some(Arc::new(models::openai::OpenAiChat::new(client, &model))))
+        }
+        p => anyhow::bail!("unknown llm provider `{p}`"),
+    }
+}
+
+impl Core {
+    pub async fn open(config: Config) -> anyhow::Result<Arc<Core>> {
+        let data = config.data_dir.clone();
+        let lock = DataDirLock::acquire(&data)?;
+        let tmp_dir = data.join("tmp");
+        let _ = std::fs::remove_dir_all(&tmp_dir);
+        std::fs::create_dir_all(&tmp_dir)?;
+        let catalog = Catalog::open(&data.join("catalog.db"))
+            .await
+            .context("opening the catalog")?;
+        let store: Arc<dyn VectorStore> = Arc::new(store::edge::EdgeStore::new(&data.join("index"))?);
+        let embedder = build_embedder(&config)?;
+        let chat = build_chat(&config)?;
+        let visibility = Arc::new(Visibility::default());
+
+        // Open the shards of existing collections now: a mismatch or a lock is a start-up error.
+        for c in catalog.collections().await? {
+            store
+                .ensure_collection(&store::CollectionSpec {
+                    name: c.name.clone(),
+                    dim: c.dim,
+                    model: c.embed_model.clone(),
+                })
+                .await?;
+        }
+
+        let max_input = embedder.max_input_tokens();
+        let max_tokens = match config.chunking.max_tokens {
+            0 => max_input.saturating_sub(2),
+            n => n.min(max_input.saturating_sub(2)),
+        };
+        let exe = std::env::current_exe().context("locating the kb binary")?;
+        let pdf_args = vec![
+            "__extract-pdf".to_string(),
+            "--max-pages".to_string(),
+            config.limits.max_pages.to_string(),
+        ];
+        let metrics = Arc::new(metrics::Metrics::default());
+        let ingestor = Arc::new(Ingestor::new(
+            catalog.clone(),
+            store.clone(),
+            embedder.clone(),
+            visibility.clone(),
+            Blobs {
+                dir: data.join("blobs"),
+            },
+            config.ingest_limits(),
+            kb_ingest::ChunkConfig {
+                max_tokens,
+                overlap_tokens: config.chunking.overlap_tokens,
+            },
+            (exe, pdf_args),
+            config.embedding.batch_size,
+            config.jobs.max_attempts,
+        ));
+        let queue = ingestor.start(config.jobs.workers);
+        let requeued = ingestor.recover(&queue).await?;
+        if requeued > 0 {
+            tracing::info!(requeued, "resuming unfinished ingestion jobs");
+        }
+        ingestor.start_optimizer(std::time::Duration::from_secs(config.store.optimize_after_secs));
+        let query = Arc::new(QueryEngine {
+            catalog: catalog.clone(),
+            store: store.clone(),
+            embedder: embedder.clone(),
+            chat,
+            visibility,
+            candidates: config.retrieval.candidates,
+            context_window: config.llm.context_window,
+            max_answer_tokens: config.llm.max_answer_tokens,
+            temperature: config.llm.temperature,
+        });
+        Ok(Arc::new(Core {
+            config,
+            catalog,
+            store,
+            embedder,
+            ingestor,
+            queue,
+            query,
+            metrics,
+            tmp_dir,
+            _lock: lock,
+        }))
+    }
+
+    /// A temp file path for an upload in progress.
+    pub fn temp_path(&self) -> PathBuf {
+        self.tmp_dir.join(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// Register bytes already written to `tmp` (with their sha256) as a document of
+    /// `collection`, and queue its ingestion.
+    pub async fn register(
+        &self,
+        collection: &str,
+        name: &str,
+        tmp: &Path,
+        hash: &str,
+        size: u64,
+    ) -> Result<UploadResult, UploadError> {
+        let model = self.embedder.model_id();
+        let (have, _dim) = self
+            .catalog
+            .ensure_collection(collection, &model, self.embedder.dim())
+            .await
+            .map_err(anyhow::Error::from)?;
+        if have != model {
+            let _ = std::fs::remove_file(tmp);
+            return Err(UploadError::EmbedderMismatch {
+                collection: collection.to_string(),
+                have,
+                want: model,
+            });
+        }
+        self.store
+            .ensure_collection(&store::CollectionSpec {
+                name: collection.to_string(),
+                dim: self.embedder.dim(),
+                model: model.clone(),
+            })
+            .await
+            .map_err(anyhow::Error::from)?;
+        self.ingestor
+            .blobs
+            .put(tmp, hash)
+            .context("storing the upload")?;
+        let doc_id = uuid::Uuid::new_v4().to_string();
+        let job_id = uuid::Uuid::new_v4().to_string();
+        let r = self
+            .catalog
+            .register_upload(collection, name, hash, size as i64, &doc_id, &job_id)
+            .await
+            .map_err(anyhow::Error::from)?;
+        Ok(match r {
+            NewUpload::Existing(d) => UploadResult {
+                name: d.name,
+                document_id: d.id,
+                job_id: d.job_id,
+                version: d.version,
+                duplicate: true,
+            },
+            NewUpload::Created {
+                doc_id,
+                version,
+                job_id,
+                ..
+            } => {
+                self.query
+                    .visibility
+                    .hide(collection, &catalog::version_key(&doc_id, version));
+                self.queue.submit(&job_id);
+                UploadResult {
+                    name: name.to_string(),
+                    document_id: doc_id,
+                    job_id,
+                    version,
+                    duplicate: false,
+                }
+            }
+        })
+    }
+
+    /// Delete a document and all its chunks. Returns false if it did not exist.
+    pub async fn delete_document(&self, id: &str) -> anyhow::Result<bool> {
+        let Some((collection, versions)) = self.catalog.delete_document(id).await? else {
+            return Ok(false);
+        };
+        for v in &versions {
+            self.query.visibility.hide(&collection, &v.key());
+        }
+        for v in &versions {
+            self.ingestor.purge(&collection, &v.key()).await;
+        }
+        for v in &versions {
+            self.ingestor.gc_blob(&v.content_hash).await;
+        }
+        Ok(true)
+    }
+
+    /// Flush and close the store and the catalog.
+    pub async fn shutdown(&self) {
+        self.store.close().await;
+        self.catalog.close().await;
+    }
+}
+
+/// The HTTP application.
+pub struct App {
+    pub router: axum::Router,
+    pub core: Arc<Core>,
+}
+
+impl App {
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let core = Core::open(config).await?;
+        let router = api::router(core.clone());
+        Ok(App { router, core })
+    }
+}

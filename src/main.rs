@@ -1,0 +1,570 @@
+//! kb command line: parse arguments, load configuration, call into the library.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use kb::config::{Config, Overrides};
+use kb::query::{AskEvent, AskParams, SearchParams};
+use kb::store::SearchMode;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "kb", version, about = "A retrieval-augmented knowledge-base server", long_about = None)]
+struct Cli {
+    /// Configuration file (default: $KB_CONFIG, else ./kb.toml if present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides `data_dir`).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start the HTTP server.
+    Serve {
+        /// Listen address (overrides `server.addr`).
+        #[arg(long)]
+        addr: Option<String>,
+    },
+    /// Add files and directories (recursively) to a collection.
+    Ingest {
+        #[arg(long, short, default_value = "default")]
+        collection: String,
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+        /// Return after queueing, without waiting for indexing to finish.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Ask a question; the answer streams to the terminal.
+    Ask {
+        question: String,
+        #[arg(long, short, default_value = "default")]
+        collection: String,
+        #[arg(long)]
+        top_k: Option<usize>,
+        #[command(flatten)]
+        remote: Remote,
+        /// Print the final JSON instead of streaming text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the ranked chunks for a query (no answer).
+    Search {
+        query: String,
+        #[arg(long, short, default_value = "default")]
+        collection: String,
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// hybrid, dense or sparse.
+        #[arg(long)]
+        mode: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the effective configuration (secrets masked).
+    Config,
+    /// Internal: extract a PDF from stdin in an isolated child process.
+    #[command(name = "__extract-pdf", hide = true)]
+    ExtractPdf {
+        #[arg(long, default_value_t = 5000)]
+        max_pages: usize,
+    },
+}
+
+#[derive(Args)]
+struct Remote {
+    /// Talk to a running kb server instead of opening the data directory.
+    #[arg(long)]
+    server: Option<String>,
+}
+
+fn init_tracing(cfg: &Config, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if quiet { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_env("KB_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cfg.log.format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The PDF child runs before anything else: no runtime, no config, no logging.
+    if let Cmd::ExtractPdf { max_pages } = cli.cmd {
+        return ExitCode::from(kb_ingest::pdf::child_main(max_pages) as u8);
+    }
+    let addr = match &cli.cmd {
+        Cmd::Serve { addr } => addr.clone(),
+        _ => None,
+    };
+    let cfg = match Config::load(
+        cli.config.as_deref(),
+        &Overrides {
+            addr,
+            data_dir: cli.data_dir.clone(),
+        },
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kb: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let quiet = !matches!(cli.cmd, Cmd::Serve { .. });
+    init_tracing(&cfg, quiet);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(cli.cmd, cfg)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Cmd::Serve { .. } => serve(cfg).await,
+        Cmd::Config => {
+            print!("{}", cfg.to_masked_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ingest {
+            collection,
+            paths,
+            remote,
+            no_wait,
+        } => ingest(cfg, &collection, &paths, remote.server, no_wait).await,
+        Cmd::Ask {
+            question,
+            collection,
+            top_k,
+            remote,
+            json,
+        } => ask(cfg, &question, &collection, top_k, remote.server, json).await,
+        Cmd::Search {
+            query,
+            collection,
+            top_k,
+            mode,
+            remote,
+            json,
+        } => search(cfg, &query, &collection, top_k, mode, remote.server, json).await,
+        Cmd::ExtractPdf { .. } => unreachable!(),
+    }
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
+    let addr = cfg.server.addr.clone();
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let app = kb::App::build(cfg).await?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "kb listening");
+    // Tests and scripts read this line to find the port.
+    println!("kb listening on http://{local}");
+    let _ = std::io::stdout().flush();
+    let core = app.core.clone();
+    axum::serve(listener, app.router)
+        .with_graceful_shutdown(async {
+            let ctrl_c = tokio::signal::ctrl_c();
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+            tracing::info!("shutting down");
+        })
+        .await?;
+    core.shutdown().await;
+    tracing::info!("index flushed; bye");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Files under `paths`, recursively, sorted; hidden files skipped.
+fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack: Vec<PathBuf> = paths.to_vec();
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::metadata(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p)? {
+                let e = e?;
+                if e.file_name().to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                stack.push(e.path());
+            }
+        } else if meta.is_file() {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A document name from a path relative to the ingested root (directories joined with ` › `,
+/// since names may not contain `/`).
+fn doc_name(root: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(root).unwrap_or(file);
+    let parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().to_string())
+        .collect();
+    if parts.is_empty() || (parts.len() == 1 && parts[0].is_empty()) {
+        file.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default()
+    } else {
+        parts.join(" › ")
+    }
+}
+
+fn names_for(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let mut out = Vec::new();
+    for root in paths {
+        let base = if root.is_dir() {
+            root.clone()
+        } else {
+            root.parent().map(Path::to_path_buf).unwrap_or_default()
+        };
+        for f in collect_files(std::slice::from_ref(root))? {
+            let name = doc_name(&base, &f);
+            out.push((f, name));
+        }
+    }
+    Ok(out)
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} [{{bar:30}}] {{pos}}/{{len}} ({{per_sec}}, ETA {{eta}}) {{msg}}"
+        ))
+        .unwrap()
+        .progress_chars("=> "),
+    );
+    pb
+}
+
+async fn ingest(
+    cfg: Config,
+    collection: &str,
+    paths: &[PathBuf],
+    server: Option<String>,
+    no_wait: bool,
+) -> anyhow::Result<ExitCode> {
+    let files = names_for(paths)?;
+    if files.is_empty() {
+        anyhow::bail!("no files found");
+    }
+    let pb = bar(files.len() as u64, "upload");
+    let mut jobs: Vec<(String, String)> = Vec::new();
+    let mut failures = 0;
+    let client = reqwest::Client::new();
+    let core = match &server {
+        None => Some(kb::Core::open(cfg.clone()).await?),
+        Some(_) => None,
+    };
+    for (path, name) in &files {
+        pb.set_message(name.clone());
+        let r: anyhow::Result<(String, bool)> = async {
+            if let Some(core) = &core {
+                let bytes = tokio::fs::read(path).await?;
+                if bytes.len() as u64 > cfg.limits.max_upload_bytes {
+                    anyhow::bail!("over the upload limit of {} bytes", cfg.limits.max_upload_bytes);
+                }
+                let kind = kb_ingest::check_and_sniff(&bytes, name, None, &cfg.ingest_limits());
+                if let Err(e) = kind {
+                    anyhow::bail!("{e}");
+                }
+                let tmp = core.temp_path();
+                tokio::fs::write(&tmp, &bytes).await?;
+                let hash = hex::encode(Sha256::digest(&bytes));
+                let r = core.register(collection, name, &tmp, &hash, bytes.len() as u64).await?;
+                Ok((r.job_id, r.duplicate))
+            } else {
+                let base = server.as_deref().unwrap().trim_end_matches('/');
+                let bytes = tokio::fs::read(path).await?;
+                let part = reqwest::multipart::Part::bytes(bytes).file_name(name.clone());
+                let form = reqwest::multipart::Form::new().part("file", part);
+                let resp = client
+                    .post(format!("{base}/v1/collections/{collection}/documents"))
+                    .multipart(form)
+                    .send()
+                    .await?;
+                let status = resp.status();
+                let v: serde_json::Value = resp.json().await.unwrap_or_default();
+                if !status.is_success() {
+                    anyhow::bail!("{}", v["error"]["message"].as_str().unwrap_or("upload failed"));
+                }
+                let d = &v["documents"][0];
+                Ok((
+                    d["job_id"].as_str().unwrap_or_default().to_string(),
+                    d["duplicate"].as_bool().unwrap_or(false),
+                ))
+            }
+        }
+        .await;
+        match r {
+            Ok((job, _dup)) => jobs.push((job, name.clone())),
+            Err(e) => {
+                failures += 1;
+                pb.println(format!("✗ {name}: {e:#}"));
+            }
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    if no_wait {
+        eprintln!("queued {} file(s), {failures} rejected", jobs.len());
+        return Ok(if failures > 0 { ExitCode::from(3) } else { ExitCode::SUCCESS });
+    }
+    let pb = bar(jobs.len() as u64, "index ");
+    let mut pending = jobs.clone();
+    let mut chunks_total = 0i64;
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for (job, name) in pending {
+            let row: Option<serde_json::Value> = if let Some(core) = &core {
+                core.catalog.job(&job).await?.map(|j| serde_json::to_value(j).unwrap())
+            } else {
+                let base = server.as_deref().unwrap().trim_end_matches('/');
+                let resp = client.get(format!("{base}/v1/jobs/{job}")).send().await?;
+                if resp.status().is_success() {
+                    Some(resp.json().await?)
+                } else {
+                    None
+                }
+            };
+            match row.as_ref().and_then(|r| r["status"].as_str().map(str::to_string)).as_deref() {
+                Some("done") => {
+                    chunks_total += row.as_ref().unwrap()["total"].as_i64().unwrap_or(0);
+                    pb.inc(1);
+                }
+                Some("failed") => {
+                    failures += 1;
+                    pb.println(format!(
+                        "✗ {name}: {}",
+                        row.as_ref().unwrap()["error"].as_str().unwrap_or("failed")
+                    ));
+                    pb.inc(1);
+                }
+                None => {
+                    failures += 1;
+                    pb.inc(1);
+                }
+                _ => still.push((job, name)),
+            }
+        }
+        pending = still;
+        pb.set_message(format!("{chunks_total} chunks"));
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    pb.finish_and_clear();
+    eprintln!(
+        "indexed {} file(s) into `{collection}` ({chunks_total} chunks), {failures} failed",
+        jobs.len() as i64 - failures as i64
+    );
+    if let Some(core) = core {
+        core.shutdown().await;
+    }
+    Ok(if failures > 0 { ExitCode::from(3) } else { ExitCode::SUCCESS })
+}
+
+fn print_sources(sources: &serde_json::Value) {
+    if let Some(arr) = sources.as_array() {
+        if arr.is_empty() {
+            return;
+        }
+        eprintln!("\nSources:");
+        for s in arr {
+            let mut label = s["doc_name"].as_str().unwrap_or("").to_string();
+            if let Some(p) = s["page"].as_u64() {
+                label.push_str(&format!(", page {p}"));
+            }
+            if let Some(h) = s["heading"].as_str() {
+                label.push_str(&format!(", {h}"));
+            }
+            eprintln!("  [{}] {label} (score {:.3})", s["n"], s["score"].as_f64().unwrap_or(0.0));
+        }
+    }
+}
+
+async fn ask(
+    cfg: Config,
+    question: &str,
+    collection: &str,
+    top_k: Option<usize>,
+    server: Option<String>,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut sources = serde_json::Value::Null;
+    let mut done = serde_json::Value::Null;
+    let mut out = std::io::stdout();
+    if let Some(base) = server {
+        let base = base.trim_end_matches('/');
+        let mut body = serde_json::json!({"question": question, "collection": collection});
+        if let Some(k) = top_k {
+            body["top_k"] = k.into();
+        }
+        let resp = reqwest::Client::new()
+            .post(format!("{base}/v1/ask"))
+            .json(&body)
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            let v: serde_json::Value = resp.json().await.unwrap_or_default();
+            anyhow::bail!("{}", v["error"]["message"].as_str().unwrap_or("request failed"));
+        }
+        let mut stream = resp.bytes_stream();
+        let mut buf = String::new();
+        let mut event = String::new();
+        while let Some(chunk) = stream.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk?));
+            while let Some(pos) = buf.find('\n') {
+                let line: String = buf.drain(..=pos).collect();
+                let line = line.trim_end_matches(['\r', '\n']);
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = e.trim().to_string();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    let v: serde_json::Value = serde_json::from_str(d.trim()).unwrap_or_default();
+                    match event.as_str() {
+                        "token" if !json_out => {
+                            print!("{}", v["text"].as_str().unwrap_or(""));
+                            out.flush().ok();
+                        }
+                        "sources" => sources = v,
+                        "done" => done = v,
+                        "error" => anyhow::bail!("{}", v["error"]["message"].as_str().unwrap_or("error")),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    } else {
+        let core = kb::Core::open(cfg.clone()).await?;
+        let params = SearchParams {
+            collection: collection.to_string(),
+            query: question.to_string(),
+            top_k: top_k.unwrap_or(cfg.retrieval.top_k),
+            mode: SearchMode::parse(&cfg.retrieval.mode)?,
+            doc_ids: None,
+        };
+        let mut events = core.query.ask(AskParams {
+            search: params,
+            request_id: uuid::Uuid::new_v4().to_string(),
+            conversation_id: None,
+        });
+        while let Some(ev) = events.next().await {
+            match ev {
+                AskEvent::Token(t) if !json_out => {
+                    print!("{t}");
+                    out.flush().ok();
+                }
+                AskEvent::Sources(s) => sources = serde_json::to_value(s)?,
+                AskEvent::Done(d) => done = serde_json::to_value(*d)?,
+                AskEvent::Error { message, .. } => {
+                    core.shutdown().await;
+                    anyhow::bail!("{message}")
+                }
+                _ => {}
+            }
+        }
+        core.shutdown().await;
+    }
+    if json_out {
+        let mut v = done.clone();
+        v["sources"] = sources;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!();
+        print_sources(&sources);
+    }
+    let declined = done["declined"].as_bool().unwrap_or(false);
+    Ok(if declined { ExitCode::from(4) } else { ExitCode::SUCCESS })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn search(
+    cfg: Config,
+    query: &str,
+    collection: &str,
+    top_k: Option<usize>,
+    mode: Option<String>,
+    server: Option<String>,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    let results: serde_json::Value = if let Some(base) = server {
+        let base = base.trim_end_matches('/');
+        let mut body = serde_json::json!({"query": query, "collection": collection});
+        if let Some(k) = top_k {
+            body["top_k"] = k.into();
+        }
+        if let Some(m) = &mode {
+            body["mode"] = m.clone().into();
+        }
+        let resp = reqwest::Client::new()
+            .post(format!("{base}/v1/search"))
+            .json(&body)
+            .send()
+            .await?;
+        let ok = resp.status().is_success();
+        let v: serde_json::Value = resp.json().await?;
+        if !ok {
+            anyhow::bail!("{}", v["error"]["message"].as_str().unwrap_or("request failed"));
+        }
+        v["results"].clone()
+    } else {
+        let core = kb::Core::open(cfg.clone()).await?;
+        let p = SearchParams {
+            collection: collection.to_string(),
+            query: query.to_string(),
+            top_k: top_k.unwrap_or(cfg.retrieval.top_k),
+            mode: SearchMode::parse(mode.as_deref().unwrap_or(&cfg.retrieval.mode))?,
+            doc_ids: None,
+        };
+        let r = core.query.search(&p).await;
+        core.shutdown().await;
+        serde_json::to_value(r?)?
+    };
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        for s in results.as_array().cloned().unwrap_or_default() {
+            println!(
+                "[{}] {:.4} {}{}",
+                s["n"],
+                s["score"].as_f64().unwrap_or(0.0),
+                s["doc_name"].as_str().unwrap_or(""),
+                s["page"].as_u64().map(|p| format!(" p.{p}")).unwrap_or_default()
+            );
+            let text: String = s["text"].as_str().unwrap_or("").chars().take(200).collect();
+            println!("    {}", text.replace('\n', " "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

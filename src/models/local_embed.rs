@@ -1,0 +1,245 @@
+//! Local sentence-transformers embedder (BERT family, e.g. all-MiniLM-L6-v2) run with candle
+//! from a directory holding `config.json`, `tokenizer.json` and `model.safetensors`.
+//!
+//! One dedicated thread runs the model; requests wait in two queues and interactive ones are
+//! always served before bulk ones, so a question never waits behind a large upload's backlog
+//! for more than one batch.
+
+use super::*;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Condvar, Mutex};
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokio::sync::oneshot;
+
+/// Largest input of a sentence-transformers MiniLM/BERT model, special tokens included.
+const DEFAULT_MAX_INPUT: usize = 256;
+
+struct Job {
+    texts: Vec<String>,
+    reply: oneshot::Sender<Result<Vec<Vec<f32>>>>,
+}
+
+#[derive(Default)]
+struct Queues {
+    interactive: VecDeque<Job>,
+    bulk: VecDeque<Job>,
+    closed: bool,
+}
+
+struct Shared {
+    queues: Mutex<Queues>,
+    ready: Condvar,
+}
+
+pub struct LocalEmbedder {
+    name: String,
+    dim: usize,
+    max_input: usize,
+    counter: Arc<Tokenizer>,
+    shared: Arc<Shared>,
+}
+
+struct Model {
+    bert: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+}
+
+impl Model {
+    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        let inf = |e: &dyn std::fmt::Display| ModelError::Inference(e.to_string());
+        let encs = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| inf(&e))?;
+        let n = encs.len();
+        let len = encs.first().map(|e| e.len()).unwrap_or(0);
+        let mut ids = Vec::with_capacity(n * len);
+        let mut mask = Vec::with_capacity(n * len);
+        for e in &encs {
+            ids.extend(e.get_ids().iter().copied());
+            mask.extend(e.get_attention_mask().iter().copied());
+        }
+        let ids = Tensor::from_vec(ids, (n, len), &self.device).map_err(|e| inf(&e))?;
+        let mask_t = Tensor::from_vec(mask, (n, len), &self.device).map_err(|e| inf(&e))?;
+        let types = ids.zeros_like().map_err(|e| inf(&e))?;
+        let out = self
+            .bert
+            .forward(&ids, &types, Some(&mask_t))
+            .map_err(|e| inf(&e))?;
+        // Mean pooling over real tokens, then L2 normalisation.
+        let m = mask_t
+            .to_dtype(DType::F32)
+            .and_then(|m| m.unsqueeze(2))
+            .map_err(|e| inf(&e))?;
+        let summed = out
+            .broadcast_mul(&m)
+            .and_then(|x| x.sum(1))
+            .map_err(|e| inf(&e))?;
+        let counts = m.sum(1).map_err(|e| inf(&e))?;
+        let mean = summed.broadcast_div(&counts).map_err(|e| inf(&e))?;
+        let norm = mean
+            .sqr()
+            .and_then(|x| x.sum_keepdim(1))
+            .and_then(|x| x.sqrt())
+            .and_then(|x| x.clamp(1e-12, f64::MAX))
+            .map_err(|e| inf(&e))?;
+        let normed = mean.broadcast_div(&norm).map_err(|e| inf(&e))?;
+        normed.to_vec2::<f32>().map_err(|e| inf(&e))
+    }
+}
+
+impl LocalEmbedder {
+    /// Load from `dir` and start the model thread.
+    pub fn load(dir: &Path, name: &str) -> Result<LocalEmbedder> {
+        let need = ["config.json", "tokenizer.json", "model.safetensors"];
+        for f in need {
+            if !dir.join(f).exists() {
+                return Err(ModelError::Missing(format!(
+                    "{} (run scripts/fetch-models.sh)",
+                    dir.join(f).display()
+                )));
+            }
+        }
+        let inf = |e: &dyn std::fmt::Display| ModelError::Inference(e.to_string());
+        let cfg_text = std::fs::read_to_string(dir.join("config.json")).map_err(|e| inf(&e))?;
+        let cfg: BertConfig = serde_json::from_str(&cfg_text).map_err(|e| inf(&e))?;
+        let raw: serde_json::Value = serde_json::from_str(&cfg_text).map_err(|e| inf(&e))?;
+        let dim = raw["hidden_size"].as_u64().unwrap_or(384) as usize;
+        let positions = raw["max_position_embeddings"].as_u64().unwrap_or(512) as usize;
+        let max_input = DEFAULT_MAX_INPUT.min(positions);
+
+        let mut tokenizer =
+            Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| inf(&e))?;
+        // The packaged tokenizer truncates at 128; the model reads 256. Set it explicitly.
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_input,
+                ..Default::default()
+            }))
+            .map_err(|e| inf(&e))?;
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..Default::default()
+        }));
+        let mut counter = tokenizer.clone();
+        counter.with_truncation(None).map_err(|e| inf(&e))?;
+        counter.with_padding(None);
+
+        let device = Device::Cpu;
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &device)
+        }
+        .map_err(|e| inf(&e))?;
+        let bert = BertModel::load(vb, &cfg).map_err(|e| inf(&e))?;
+        let model = Model {
+            bert,
+            tokenizer,
+            device,
+        };
+
+        let shared = Arc::new(Shared {
+            queues: Mutex::new(Queues::default()),
+            ready: Condvar::new(),
+        });
+        let s2 = shared.clone();
+        std::thread::Builder::new()
+            .name("kb-embed".into())
+            .spawn(move || run(model, s2))
+            .map_err(|e| inf(&e))?;
+        Ok(LocalEmbedder {
+            name: name.to_string(),
+            dim,
+            max_input,
+            counter: Arc::new(counter),
+            shared,
+        })
+    }
+
+    pub fn shutdown(&self) {
+        let mut q = self.shared.queues.lock().unwrap();
+        q.closed = true;
+        self.shared.ready.notify_all();
+    }
+}
+
+impl Drop for LocalEmbedder {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn run(model: Model, shared: Arc<Shared>) {
+    loop {
+        let job = {
+            let mut q = shared.queues.lock().unwrap();
+            loop {
+                if let Some(j) = q.interactive.pop_front() {
+                    break Some(j);
+                }
+                if let Some(j) = q.bulk.pop_front() {
+                    break Some(j);
+                }
+                if q.closed {
+                    break None;
+                }
+                q = shared.ready.wait(q).unwrap();
+            }
+        };
+        let Some(job) = job else { return };
+        if job.reply.is_closed() {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let r = model.embed(&job.texts);
+        tracing::debug!(
+            texts = job.texts.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "embed batch"
+        );
+        let _ = job.reply.send(r);
+    }
+}
+
+#[async_trait::async_trait]
+impl Embedder for LocalEmbedder {
+    fn model_id(&self) -> String {
+        format!("local:{}", self.name)
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn max_input_tokens(&self) -> usize {
+        self.max_input
+    }
+
+    fn token_counter(&self) -> Arc<dyn kb_ingest::TokenCounter + Send> {
+        self.counter.clone()
+    }
+
+    async fn embed(&self, texts: Vec<String>, priority: Priority) -> Result<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Ok(vec![]);
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut q = self.shared.queues.lock().unwrap();
+            if q.closed {
+                return Err(ModelError::Closed);
+            }
+            let job = Job { texts, reply: tx };
+            match priority {
+                Priority::Interactive => q.interactive.push_back(job),
+                Priority::Bulk => q.bulk.push_back(job),
+            }
+        }
+        self.shared.ready.notify_one();
+        rx.await.map_err(|_| ModelError::Closed)?
+    }
+}

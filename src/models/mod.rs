@@ -1,0 +1,158 @@
+//! Embedding and chat models behind traits. Nothing here knows about HTTP serving, documents
+//! or prompts.
+
+pub mod local_embed;
+pub mod openai;
+
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum ModelError {
+    #[error("model files not found: {0}")]
+    Missing(String),
+    #[error("model failed: {0}")]
+    Inference(String),
+    #[error("upstream {status}: {message}")]
+    Upstream { status: u16, message: String },
+    #[error("upstream rate limit (429){}", retry_after_secs.map(|s| format!(", retry after {s:.0} s")).unwrap_or_default())]
+    RateLimited { retry_after_secs: Option<f64> },
+    #[error("upstream {0} timeout")]
+    Timeout(&'static str),
+    #[error("could not reach upstream: {0}")]
+    Connect(String),
+    #[error("malformed upstream response: {0}")]
+    Malformed(String),
+    #[error("the embedder is shutting down")]
+    Closed,
+}
+
+impl ModelError {
+    /// Retryable before the first token reaches the client.
+    pub fn retryable(&self) -> bool {
+        match self {
+            ModelError::RateLimited { .. } | ModelError::Connect(_) => true,
+            ModelError::Timeout(kind) => *kind == "connect" || *kind == "first token",
+            ModelError::Upstream { status, .. } => matches!(status, 500 | 502 | 503 | 504),
+            _ => false,
+        }
+    }
+
+    /// A short snake_case code for API errors and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ModelError::Missing(_) => "model_missing",
+            ModelError::Inference(_) => "model_error",
+            ModelError::Upstream { .. } => "upstream_error",
+            ModelError::RateLimited { .. } => "upstream_rate_limited",
+            ModelError::Timeout(_) => "upstream_timeout",
+            ModelError::Connect(_) => "upstream_unreachable",
+            ModelError::Malformed(_) => "upstream_malformed",
+            ModelError::Closed => "shutting_down",
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// Interactive requests (a user waiting on a question) go ahead of bulk ingestion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    Interactive,
+    Bulk,
+}
+
+#[async_trait::async_trait]
+pub trait Embedder: Send + Sync {
+    /// A stable name recorded with each collection (a mismatch is an error).
+    fn model_id(&self) -> String;
+    fn dim(&self) -> usize;
+    /// Largest input in tokens, including any special tokens.
+    fn max_input_tokens(&self) -> usize;
+    /// Counter for sizing chunks with this embedder's own tokenizer.
+    fn token_counter(&self) -> Arc<dyn kb_ingest::TokenCounter + Send>;
+    async fn embed(&self, texts: Vec<String>, priority: Priority) -> Result<Vec<Vec<f32>>>;
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: impl Into<String>) -> Message {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    pub max_tokens: usize,
+    pub temperature: f32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatDelta {
+    Text(String),
+    Usage(Usage),
+}
+
+#[async_trait::async_trait]
+pub trait ChatModel: Send + Sync {
+    fn model_id(&self) -> String;
+    /// Stream the answer. Errors before the first item are returned here; later ones arrive in
+    /// the stream and end it.
+    async fn stream(&self, req: ChatRequest) -> Result<BoxStream<'static, Result<ChatDelta>>>;
+}
+
+/// Counts tokens roughly (about four bytes per token) where no tokenizer is known.
+pub struct ApproxCounter;
+
+impl kb_ingest::TokenCounter for ApproxCounter {
+    fn token_offsets(&self, text: &str) -> Vec<(usize, usize)> {
+        // Words, then long words split every 4 bytes: close to BPE counts on English prose.
+        let mut out = Vec::new();
+        let mut start = None;
+        let mut push = |s: usize, e: usize, out: &mut Vec<(usize, usize)>| {
+            let mut a = s;
+            while a < e {
+                let mut b = (a + 4).min(e);
+                while !text.is_char_boundary(b) {
+                    b += 1;
+                }
+                out.push((a, b));
+                a = b;
+            }
+        };
+        for (i, c) in text.char_indices() {
+            let word = c.is_alphanumeric();
+            match (word, start) {
+                (true, None) => start = Some(i),
+                (false, Some(s)) => {
+                    push(s, i, &mut out);
+                    start = None;
+                }
+                _ => {}
+            }
+            if !word && !c.is_whitespace() {
+                out.push((i, i + c.len_utf8()));
+            }
+        }
+        if let Some(s) = start {
+            push(s, text.len(), &mut out);
+        }
+        out
+    }
+}

@@ -1,0 +1,358 @@
+//! Qdrant Edge (in-process) behind [`VectorStore`]. One shard directory per collection under
+//! `<data_dir>/index/<collection>/`.
+//!
+//! Notes on qdrant-edge 0.7.0 that shape this module:
+//! - every call blocks: all of them run on tokio's blocking pool;
+//! - `flush()` panics if it races a write, so writes, flushes and `optimize()` of one shard are
+//!   serialised behind a mutex (reads are not);
+//! - its WAL is written but never replayed or truncated, so durability comes from `flush()` after
+//!   each upsert, and the stale WAL is removed before a shard is opened (it would only grow).
+
+use super::*;
+use qdrant_edge::bm25_embed::{EdgeBm25, EdgeBm25Config};
+use qdrant_edge::{
+    Condition, CountRequest, CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams,
+    EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, Fusion, JsonPath, Match,
+    Modifier, NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations,
+    PointOperations, PointStruct, Prefetch, QueryEnum, QueryRequest, ScoringQuery, UpdateOperation,
+    Vector, VectorInternal, Vectors, WithPayloadInterface, WithVector,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+const DENSE: &str = "dense";
+const SPARSE: &str = "bm25";
+const SPEC_FILE: &str = "kb-collection.json";
+
+struct Shard {
+    shard: EdgeShard,
+    write: Mutex<()>,
+}
+
+pub struct EdgeStore {
+    root: PathBuf,
+    shards: RwLock<HashMap<String, Arc<Shard>>>,
+    bm25: Arc<EdgeBm25>,
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn jp(key: &str) -> JsonPath {
+    key.parse().expect("static payload key")
+}
+
+fn any_of(key: &str, vals: &[String]) -> Condition {
+    Condition::Field(FieldCondition::new_match(jp(key), Match::from(vals.to_vec())))
+}
+
+fn eq(key: &str, val: &str) -> Filter {
+    Filter::new_must(Condition::Field(FieldCondition::new_match(
+        jp(key),
+        Match::from(val.to_string()),
+    )))
+}
+
+#[derive(Serialize, Deserialize)]
+struct SpecFile {
+    model: String,
+    dim: usize,
+}
+
+impl EdgeStore {
+    pub fn new(root: &Path) -> Result<EdgeStore> {
+        std::fs::create_dir_all(root).map_err(err)?;
+        let bm25 = EdgeBm25::new(EdgeBm25Config {
+            language: Some("english".into()),
+            ..Default::default()
+        })
+        .map_err(|e| err(format!("{e:?}")))?;
+        Ok(EdgeStore {
+            root: root.to_path_buf(),
+            shards: RwLock::new(HashMap::new()),
+            bm25: Arc::new(bm25),
+        })
+    }
+
+    fn get(&self, collection: &str) -> Result<Arc<Shard>> {
+        self.shards
+            .read()
+            .unwrap()
+            .get(collection)
+            .cloned()
+            .ok_or_else(|| StoreError::NoCollection(collection.to_string()))
+    }
+
+    fn config(dim: usize) -> EdgeConfig {
+        EdgeConfig::builder()
+            .vector(DENSE, EdgeVectorParams::builder(dim, Distance::Cosine).build())
+            .sparse_vector(
+                SPARSE,
+                EdgeSparseVectorParams::builder()
+                    .modifier(Modifier::Idf)
+                    .build(),
+            )
+            .build()
+    }
+
+    fn open_blocking(root: &Path, spec: &CollectionSpec) -> Result<Shard> {
+        let dir = root.join(&spec.name);
+        std::fs::create_dir_all(&dir).map_err(err)?;
+        let spec_path = dir.join(SPEC_FILE);
+        if let Ok(bytes) = std::fs::read(&spec_path) {
+            let have: SpecFile = serde_json::from_slice(&bytes).map_err(err)?;
+            if have.dim != spec.dim || have.model != spec.model {
+                return Err(StoreError::DimensionMismatch {
+                    collection: spec.name.clone(),
+                    have: have.dim,
+                    have_model: have.model,
+                    want: spec.dim,
+                    want_model: spec.model.clone(),
+                });
+            }
+        } else {
+            let f = SpecFile {
+                model: spec.model.clone(),
+                dim: spec.dim,
+            };
+            std::fs::write(&spec_path, serde_json::to_vec(&f).map_err(err)?).map_err(err)?;
+        }
+        // 0.7.0 never replays its WAL: what it holds is already in the flushed segments or lost.
+        let wal = dir.join("wal");
+        if wal.exists() {
+            let _ = std::fs::remove_dir_all(&wal);
+        }
+        // A kill during optimize() leaves scratch segments that load() does not remove.
+        let _ = std::fs::remove_dir_all(dir.join("temp_segments"));
+        let shard = EdgeShard::load(&dir, Some(Self::config(spec.dim))).map_err(|e| {
+            let m = e.to_string();
+            if m.contains("WouldBlock") || m.contains("lock") {
+                StoreError::Locked(dir.display().to_string())
+            } else {
+                err(m)
+            }
+        })?;
+        for field in ["doc_id", "version_key"] {
+            shard
+                .update(UpdateOperation::FieldIndexOperation(
+                    FieldIndexOperations::CreateIndex(CreateIndex {
+                        field_name: jp(field),
+                        field_schema: Some(PayloadFieldSchema::FieldType(
+                            PayloadSchemaType::Keyword,
+                        )),
+                    }),
+                ))
+                .map_err(err)?;
+        }
+        Ok(Shard {
+            shard,
+            write: Mutex::new(()),
+        })
+    }
+
+    fn sparse_text(p: &ChunkPayload) -> String {
+        match &p.heading {
+            Some(h) => format!("{h}\n{}", p.text),
+            None => p.text.clone(),
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| err(format!("store task failed: {e}")))?
+}
+
+#[async_trait::async_trait]
+impl VectorStore for EdgeStore {
+    async fn ensure_collection(&self, spec: &CollectionSpec) -> Result<()> {
+        if let Some(_s) = self.shards.read().unwrap().get(&spec.name) {
+            return Ok(());
+        }
+        let root = self.root.clone();
+        let spec2 = spec.clone();
+        let shard = blocking(move || EdgeStore::open_blocking(&root, &spec2)).await?;
+        let mut map = self.shards.write().unwrap();
+        map.entry(spec.name.clone()).or_insert_with(|| Arc::new(shard));
+        Ok(())
+    }
+
+    async fn upsert(&self, collection: &str, points: Vec<Point>) -> Result<()> {
+        if points.is_empty() {
+            return Ok(());
+        }
+        let shard = self.get(collection)?;
+        let bm25 = self.bm25.clone();
+        blocking(move || {
+            let mut batch = Vec::with_capacity(points.len());
+            for p in points {
+                let sparse = bm25.embed_document(&EdgeStore::sparse_text(&p.payload));
+                let mut named: Vec<(&str, Vector)> = vec![(DENSE, Vector::new_dense(p.dense))];
+                if !sparse.indices.is_empty() {
+                    named.push((SPARSE, Vector::from(sparse)));
+                }
+                let id = PointId::Uuid(p.payload.point_id());
+                let payload = serde_json::to_value(&p.payload).map_err(err)?;
+                batch.push(PointStruct::new(id, Vectors::new_named(named), payload).into());
+            }
+            let _w = shard.write.lock().unwrap();
+            shard
+                .shard
+                .update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
+                    PointInsertOperations::PointsList(batch),
+                )))
+                .map_err(err)?;
+            shard.shard.flush();
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_version(&self, collection: &str, version_key: &str) -> Result<()> {
+        let shard = match self.get(collection) {
+            Ok(s) => s,
+            Err(StoreError::NoCollection(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let key = version_key.to_string();
+        blocking(move || {
+            let _w = shard.write.lock().unwrap();
+            shard
+                .shard
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::DeletePointsByFilter(eq("version_key", &key)),
+                ))
+                .map_err(err)?;
+            shard.shard.flush();
+            Ok(())
+        })
+        .await
+    }
+
+    async fn search(&self, q: &SearchQuery) -> Result<Vec<SearchHit>> {
+        let shard = self.get(&q.collection)?;
+        let bm25 = self.bm25.clone();
+        let q = q.clone();
+        blocking(move || {
+            let mut filter = Filter::default();
+            let mut any = false;
+            if let Some(ids) = &q.doc_ids {
+                filter.must = Some(vec![any_of("doc_id", ids)]);
+                any = true;
+            }
+            if !q.hidden.is_empty() {
+                filter.must_not = Some(vec![any_of("version_key", &q.hidden)]);
+                any = true;
+            }
+            let filter = any.then_some(filter);
+            let nearest = |name: &str, v: VectorInternal| {
+                ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery::new(v, name)))
+            };
+            let sparse_q = || -> Option<ScoringQuery> {
+                let sv = bm25.embed_query(&q.text);
+                (!sv.indices.is_empty()).then(|| nearest(SPARSE, sv.into()))
+            };
+            let dense_q = || q.dense.clone().map(|d| nearest(DENSE, d.into()));
+            let (query, prefetches) = match q.mode {
+                SearchMode::Dense => (dense_q(), vec![]),
+                SearchMode::Sparse => (sparse_q(), vec![]),
+                SearchMode::Hybrid => {
+                    let pf = |query: ScoringQuery| Prefetch {
+                        prefetches: vec![],
+                        query: Some(query),
+                        limit: q.candidates.max(q.limit),
+                        params: None,
+                        filter: None,
+                        score_threshold: None,
+                    };
+                    let pfs: Vec<Prefetch> =
+                        [dense_q(), sparse_q()].into_iter().flatten().map(pf).collect();
+                    match pfs.len() {
+                        0 => (None, vec![]),
+                        // One retriever has nothing to say (e.g. only stopwords): use the other.
+                        1 => (pfs.into_iter().next().and_then(|p| p.query), vec![]),
+                        _ => (
+                            Some(ScoringQuery::Fusion(Fusion::Rrf {
+                                k: 60,
+                                weights: None,
+                            })),
+                            pfs,
+                        ),
+                    }
+                }
+            };
+            let Some(query) = query else {
+                return Ok(vec![]);
+            };
+            let req = QueryRequest {
+                prefetches,
+                query: Some(query),
+                filter,
+                score_threshold: None,
+                limit: q.limit,
+                offset: 0,
+                params: None,
+                with_vector: WithVector::Bool(false),
+                with_payload: WithPayloadInterface::Bool(true),
+            };
+            let points = shard.shard.query(req).map_err(err)?;
+            let mut hits = Vec::with_capacity(points.len());
+            for p in points {
+                let Some(payload) = p.payload else { continue };
+                let payload: ChunkPayload =
+                    serde_json::from_value(serde_json::Value::Object(payload.0)).map_err(err)?;
+                let chunk_id = match p.id {
+                    PointId::Uuid(u) => u.to_string(),
+                    PointId::NumId(n) => n.to_string(),
+                };
+                hits.push(SearchHit {
+                    chunk_id,
+                    score: p.score,
+                    payload,
+                });
+            }
+            Ok(hits)
+        })
+        .await
+    }
+
+    async fn count(&self, collection: &str, version_key: Option<&str>) -> Result<usize> {
+        let shard = self.get(collection)?;
+        let filter = version_key.map(|k| eq("version_key", k));
+        blocking(move || {
+            shard
+                .shard
+                .count(CountRequest {
+                    filter,
+                    exact: true,
+                })
+                .map_err(err)
+        })
+        .await
+    }
+
+    async fn optimize(&self, collection: &str) -> Result<bool> {
+        let shard = self.get(collection)?;
+        blocking(move || {
+            let _w = shard.write.lock().unwrap();
+            let changed = shard.shard.optimize().map_err(err)?;
+            shard.shard.flush();
+            Ok(changed)
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        let shards: Vec<Arc<Shard>> = self.shards.write().unwrap().drain().map(|(_, s)| s).collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for s in shards {
+                let _w = s.write.lock().unwrap();
+                s.shard.flush();
+            }
+        })
+        .await;
+    }
+}

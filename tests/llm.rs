@@ -1,0 +1,204 @@
+//! kb against an OpenAI-compatible upstream that misbehaves on demand.
+//!
+//! The upstream here is a FAULT INJECTOR (a scripted in-process axum server), not a model: it
+//! exists to produce what real servers do only occasionally — replies without optional fields,
+//! 429 with Retry-After, 5xx, streams that stall or carry garbage.
+
+mod common;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use common::*;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+enum Script {
+    /// Stream these pieces; `ids`: include `id`/`model`/`object` fields; then usage and [DONE].
+    Stream { pieces: Vec<&'static str>, ids: bool },
+    Status { code: u16, retry_after: Option<&'static str> },
+    /// Send `n` pieces, then nothing (connection stays open).
+    StallAfter(usize),
+    Malformed,
+}
+
+#[derive(Default)]
+struct Fake {
+    script: Mutex<VecDeque<Script>>,
+    requests: Mutex<Vec<Value>>,
+}
+
+async fn completions(State(fake): State<Arc<Fake>>, body: axum::Json<Value>) -> Response {
+    fake.requests.lock().unwrap().push(body.0.clone());
+    let next = fake.script.lock().unwrap().pop_front().unwrap_or(Script::Stream {
+        pieces: vec!["default answer [1]"],
+        ids: false,
+    });
+    let sse = |chunks: Vec<String>| {
+        let body = chunks.concat();
+        ([("content-type", "text/event-stream")], body).into_response()
+    };
+    let piece = |text: &str, ids: bool| {
+        let mut v = json!({"choices": [{"index": 0, "delta": {"content": text}}]});
+        if ids {
+            v["id"] = "chatcmpl-1".into();
+            v["object"] = "chat.completion.chunk".into();
+            v["model"] = "fake".into();
+        }
+        format!("data: {v}\n\n")
+    };
+    match next {
+        Script::Stream { pieces, ids } => {
+            let mut out: Vec<String> = pieces.iter().map(|p| piece(p, ids)).collect();
+            out.push(format!(
+                "data: {}\n\n",
+                json!({"choices": [], "usage": {"prompt_tokens": 321, "completion_tokens": 12}})
+            ));
+            out.push("data: [DONE]\n\n".into());
+            sse(out)
+        }
+        Script::Status { code, retry_after } => {
+            let mut r = (
+                axum::http::StatusCode::from_u16(code).unwrap(),
+                axum::Json(json!({"error": {"message": format!("scripted {code}")}})),
+            )
+                .into_response();
+            if let Some(ra) = retry_after {
+                r.headers_mut().insert("retry-after", ra.parse().unwrap());
+            }
+            r
+        }
+        Script::StallAfter(n) => {
+            let head: Vec<String> = (0..n).map(|i| piece(&format!("part{i} "), false)).collect();
+            let stream = async_stream::stream! {
+                for h in head {
+                    yield Ok::<_, std::convert::Infallible>(h);
+                }
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            };
+            ([("content-type", "text/event-stream")], axum::body::Body::from_stream(stream)).into_response()
+        }
+        Script::Malformed => sse(vec!["data: {this is not json\n\n".into()]),
+    }
+}
+
+fn start_fake() -> (String, Arc<Fake>) {
+    let fake = Arc::new(Fake::default());
+    let f2 = fake.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let app = axum::Router::new()
+                .route("/v1/chat/completions", post(completions))
+                .with_state(f2);
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+    let addr = rx.recv().unwrap();
+    (format!("http://{addr}/v1"), fake)
+}
+
+fn ask(s: &Server) -> Vec<(String, Value)> {
+    s.ask_sse(&json!({"collection": "llm", "question": "How many lanterns hang in the east hall?"}))
+}
+
+#[test]
+fn upstream_faults_are_handled_by_the_rules() {
+    let (url, fake) = start_fake();
+    let s = Server::start_with(&[
+        ("KB_LLM__PROVIDER", "openai"),
+        ("KB_LLM__MODEL", "fake-model"),
+        ("KB_LLM__BASE_URL", &url),
+        ("KB_LLM__API_KEY", "sk-test-secret"),
+        ("KB_LLM__FIRST_TOKEN_TIMEOUT_SECS", "2"),
+        ("KB_LLM__IDLE_TIMEOUT_SECS", "1"),
+    ]);
+    let (st, up) = s.upload("llm", &[("hall.md", b"# Hall\n\nTwelve lanterns hang in the east hall.\n".to_vec())]);
+    assert_eq!(st, 202);
+    s.wait_job(up["documents"][0]["job_id"].as_str().unwrap());
+    let script = |items: Vec<Script>| {
+        let mut q = fake.script.lock().unwrap();
+        q.clear();
+        q.extend(items);
+        fake.requests.lock().unwrap().clear();
+    };
+    let requests = || fake.requests.lock().unwrap().len();
+    let last = |ev: &[(String, Value)]| ev.last().unwrap().clone();
+
+    // A lenient parse: no id/model/object fields; usage reported at the end.
+    script(vec![Script::Stream { pieces: vec!["Twelve ", "lanterns ", "[1]."], ids: false }]);
+    let ev = ask(&s);
+    let (name, done) = last(&ev);
+    assert_eq!(name, "done", "{ev:?}");
+    assert_eq!(done["answer"], "Twelve lanterns [1].");
+    assert_eq!(done["citations"], json!([1]));
+    assert_eq!(done["answerer"], "llm");
+    assert_eq!(done["usage"]["prompt_tokens"], 321);
+    assert_eq!(done["usage"]["completion_tokens"], 12);
+    assert_eq!(ev[0].1["model"], "fake-model");
+    assert_eq!(ev.iter().filter(|(e, _)| e == "token").count(), 3);
+    // The prompt numbered the sources and carried the question; the key was sent, streaming on.
+    let req = fake.requests.lock().unwrap()[0].clone();
+    let user = req["messages"][1]["content"].as_str().unwrap();
+    assert!(user.contains("[1] (hall.md") && user.contains("Twelve lanterns hang"), "{user}");
+    assert!(user.ends_with("How many lanterns hang in the east hall?"));
+    assert_eq!(req["stream"], true);
+
+    // 429 with Retry-After: waited for, then retried.
+    script(vec![
+        Script::Status { code: 429, retry_after: Some("1") },
+        Script::Stream { pieces: vec!["ok [1]"], ids: true },
+    ]);
+    let t = Instant::now();
+    let ev = ask(&s);
+    assert_eq!(last(&ev).0, "done", "{ev:?}");
+    assert!(t.elapsed() >= Duration::from_millis(950), "Retry-After honoured");
+    assert_eq!(requests(), 2);
+
+    // Retry-After beyond the cap: fails at once, no retry.
+    script(vec![Script::Status { code: 429, retry_after: Some("3600") }]);
+    let t = Instant::now();
+    let ev = ask(&s);
+    let (name, err) = last(&ev);
+    assert_eq!(name, "error");
+    assert_eq!(err["error"]["code"], "upstream_rate_limited");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(requests(), 1);
+
+    // 503 is retried (3 retries), then reported.
+    script(vec![Script::Status { code: 503, retry_after: None }; 6]);
+    let ev = ask(&s);
+    assert_eq!(last(&ev).1["error"]["code"], "upstream_error");
+    assert_eq!(requests(), 4);
+
+    // 400 is never retried.
+    script(vec![Script::Status { code: 400, retry_after: None }]);
+    let ev = ask(&s);
+    assert_eq!(last(&ev).0, "error");
+    assert_eq!(requests(), 1);
+
+    // A stream that stalls after its first tokens ends with an error event naming the timeout.
+    script(vec![Script::StallAfter(2)]);
+    let t = Instant::now();
+    let ev = ask(&s);
+    let (name, err) = last(&ev);
+    assert_eq!(name, "error", "{ev:?}");
+    assert_eq!(err["error"]["code"], "upstream_timeout");
+    assert!(err["error"]["message"].as_str().unwrap().contains("idle"), "{err}");
+    assert_eq!(ev.iter().filter(|(e, _)| e == "token").count(), 2, "tokens before the stall reached the client");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(requests(), 1, "nothing retried after a token reached the client");
+
+    // Garbage in the stream.
+    script(vec![Script::Malformed]);
+    let ev = ask(&s);
+    assert_eq!(last(&ev).1["error"]["code"], "upstream_malformed");
+
+    // The server still answers, and the key never shows in the config output.
+    assert_eq!(s.get("/healthz").0, 200);
+}
