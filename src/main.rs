@@ -95,7 +95,13 @@ struct Remote {
 fn init_tracing(cfg: &Config, quiet: bool) {
     use tracing_subscriber::EnvFilter;
     let default = if quiet { "warn" } else { "info" };
-    let filter = EnvFilter::try_from_env("KB_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // Qdrant Edge warns about process-wide flags it cannot let an embedder set: keep that quiet
+    // unless asked for.
+    let mut spec = std::env::var("KB_LOG").unwrap_or_else(|_| default.to_string());
+    if !spec.contains("qdrant_edge") {
+        spec.push_str(",qdrant_edge::common=error");
+    }
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new(default));
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if cfg.log.format == "json" {
         b.json().init();

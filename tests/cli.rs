@@ -7,12 +7,12 @@ use serde_json::Value;
 use std::process::{Command, Output};
 
 fn kb(data: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kb"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kb"));
+    scrub_kb_env(&mut cmd);
+    cmd.args(args)
         .arg("--data-dir")
         .arg(data)
         .env("KB_MODELS_DIR", models_dir())
-        .env_remove("KB_CONFIG")
         .output()
         .expect("run kb")
 }
@@ -48,7 +48,12 @@ fn ingest_ask_search_config() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["doc_name"], "tides.md");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_kb"))
+    let bare = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kb"));
+        scrub_kb_env(&mut c);
+        c
+    };
+    let out = bare()
         .args(["config"])
         .env("KB_LLM__API_KEY", "sk-very-secret")
         .output()
@@ -56,7 +61,7 @@ fn ingest_ask_search_config() {
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(!shown.contains("sk-very-secret") && shown.contains("********"), "{shown}");
-    let out = Command::new(env!("CARGO_BIN_EXE_kb"))
+    let out = bare()
         .args(["config"])
         .env("KB_RETRIEVAL__TOPKAY", "3")
         .output()

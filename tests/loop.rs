@@ -66,7 +66,8 @@ fn upload_index_search_ask_version_delete() {
 
     let hits = s.search("docs", "which port does the zephyr daemon listen on", 3);
     assert_eq!(hits[0]["doc_name"], "zephyr.md", "{hits:?}");
-    assert_eq!(hits[0]["heading"], "Zephyr Deployment Guide > Ports");
+    // The whole file is one chunk, starting at its title.
+    assert_eq!(hits[0]["heading"], "Zephyr Deployment Guide");
     // Every mode works.
     for mode in ["dense", "sparse", "hybrid"] {
         let (st, v) = s.post_json(
@@ -147,7 +148,7 @@ fn upload_index_search_ask_version_delete() {
     // New bytes under the same name: version 2 replaces version 1 atomically once indexed.
     // v2 is long enough that its indexing takes a while; while it runs, questions see only v1.
     let mut v2 = String::from("# Zephyr Deployment Guide\n\n## Ports\n\nThe zephyr daemon now listens on port 9931.\n\n");
-    for i in 0..120 {
+    for i in 0..300 {
         v2.push_str(&format!(
             "## Appendix {i}\n\nOperational note {i}: rotate the quartz ledger {i} times per shift and record the outcome in the ledger book.\n\n"
         ));
@@ -167,17 +168,21 @@ fn upload_index_search_ask_version_delete() {
         assert_ne!(job["status"], "failed", "{job}");
         if job["stage"] == "embed" && job["done"].as_i64().unwrap_or(0) > 0 {
             // Some v2 chunks are already in the index, but none may be visible yet.
-            let hits = s.search("docs", "quartz ledger rotation operational note", 5);
-            assert!(
-                hits.iter().all(|h| !h["text"].as_str().unwrap().contains("quartz")),
-                "v2 visible before it is live: {hits:?}"
-            );
-            let hits = s.search("docs", "zephyr daemon listens on port", 3);
-            assert!(hits[0]["text"].as_str().unwrap().contains("7412"), "v1 gone early: {hits:?}");
+            let quartz = s.search("docs", "quartz ledger rotation operational note", 5);
+            let port = s.search("docs", "zephyr daemon listens on port", 3);
             let (_, d) = s.get(&format!("/v1/documents/{md_id}"));
-            assert_eq!(d["status"], "processing");
-            assert_eq!(d["live_version"], 1);
-            checked_mid_flight = true;
+            // Conclusive only if v2 was still not live after both searches ran.
+            let (_, after) = s.get(&format!("/v1/jobs/{job2}"));
+            if after["status"] != "done" {
+                assert!(
+                    quartz.iter().all(|h| !h["text"].as_str().unwrap().contains("quartz")),
+                    "v2 visible before it is live: {quartz:?}"
+                );
+                assert!(port[0]["text"].as_str().unwrap().contains("7412"), "v1 gone early: {port:?}");
+                assert_eq!(d["status"], "processing");
+                assert_eq!(d["live_version"], 1);
+                checked_mid_flight = true;
+            }
         }
         std::thread::sleep(Duration::from_millis(40));
     }

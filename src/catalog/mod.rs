@@ -255,13 +255,10 @@ impl Catalog {
         .await?;
         if let Some(row) = dup {
             let id: String = row.get(0);
+            let sql = format!("{} WHERE d.id = ?", Self::DOC_SELECT);
+            let view = sqlx::query(&sql).bind(&id).fetch_one(&mut *tx).await?;
             tx.commit().await?;
-            if let Some(view) = self.document(&id).await? {
-                return Ok(NewUpload::Existing(view));
-            }
-            return self
-                .register_upload(collection, name, content_hash, size_bytes, new_doc_id, new_job_id)
-                .await;
+            return Ok(NewUpload::Existing(Self::doc_view(&view)));
         }
         let now = now_ms();
         let existing = sqlx::query("SELECT id, latest_version FROM documents WHERE collection = ? AND name = ?")

@@ -125,7 +125,7 @@ impl kb_ingest::TokenCounter for ApproxCounter {
         // Words, then long words split every 4 bytes: close to BPE counts on English prose.
         let mut out = Vec::new();
         let mut start = None;
-        let mut push = |s: usize, e: usize, out: &mut Vec<(usize, usize)>| {
+        let push = |s: usize, e: usize, out: &mut Vec<(usize, usize)>| {
             let mut a = s;
             while a < e {
                 let mut b = (a + 4).min(e);

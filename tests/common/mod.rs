@@ -36,6 +36,16 @@ pub fn fixture(name: &str) -> Vec<u8> {
     })
 }
 
+/// kb treats every `KB_*` variable as configuration (unknown keys are errors): children get
+/// none of the test harness's own (`KB_TEST_*`, ...), only what a test sets.
+pub fn scrub_kb_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KB_") && k != "KB_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+}
+
 pub struct Server {
     pub base: String,
     pub data_dir: PathBuf,
@@ -77,6 +87,8 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        scrub_kb_env(&mut cmd);
+        cmd.env("KB_MODELS_DIR", models_dir());
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
