@@ -109,6 +109,31 @@ async fn read_tail(path: &std::path::Path, n: u64) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+const DRAIN_MAX: usize = 64 << 20;
+
+/// Read and discard the rest of a rejected field, up to 64 MiB.
+async fn drain_field(field: &mut axum::extract::multipart::Field<'_>) -> usize {
+    let mut n = 0usize;
+    while let Ok(Some(c)) = field.chunk().await {
+        n += c.len();
+        if n > DRAIN_MAX {
+            break;
+        }
+    }
+    n
+}
+
+/// Read and discard the remaining fields, up to 64 MiB.
+async fn drain_rest(multipart: &mut Multipart) {
+    let mut n = 0usize;
+    while n <= DRAIN_MAX {
+        match multipart.next_field().await {
+            Ok(Some(mut f)) => n += drain_field(&mut f).await,
+            _ => return,
+        }
+    }
+}
+
 pub async fn upload(
     State(core): State<AppState>,
     Path(collection): Path<String>,
@@ -148,6 +173,11 @@ pub async fn upload(
         while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
             size += chunk.len() as u64;
             if size > limit {
+                // Nothing more is stored; read on (to a bound) so that the client, still
+                // sending, gets the 413 instead of a reset connection.
+                drain_field(&mut field).await;
+                drop(field);
+                drain_rest(&mut multipart).await;
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "file_too_large",
