@@ -262,6 +262,15 @@ fn names_for(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, String)>> {
     Ok(out)
 }
 
+/// Print a line above the bar (or plainly when stderr is not a terminal and the bar is hidden).
+fn say(pb: &ProgressBar, msg: String) {
+    if pb.is_hidden() {
+        eprintln!("{msg}");
+    } else {
+        pb.println(msg);
+    }
+}
+
 fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
@@ -337,7 +346,7 @@ async fn ingest(
             Ok((job, _dup)) => jobs.push((job, name.clone())),
             Err(e) => {
                 failures += 1;
-                pb.println(format!("✗ {name}: {e:#}"));
+                say(&pb, format!("✗ {name}: {e:#}"));
             }
         }
         pb.inc(1);
@@ -350,6 +359,7 @@ async fn ingest(
     let pb = bar(jobs.len() as u64, "index ");
     let mut pending = jobs.clone();
     let mut chunks_total = 0i64;
+    let mut indexed = 0usize;
     while !pending.is_empty() {
         let mut still = Vec::new();
         for (job, name) in pending {
@@ -366,15 +376,19 @@ async fn ingest(
             };
             match row.as_ref().and_then(|r| r["status"].as_str().map(str::to_string)).as_deref() {
                 Some("done") => {
+                    indexed += 1;
                     chunks_total += row.as_ref().unwrap()["total"].as_i64().unwrap_or(0);
                     pb.inc(1);
                 }
                 Some("failed") => {
                     failures += 1;
-                    pb.println(format!(
-                        "✗ {name}: {}",
-                        row.as_ref().unwrap()["error"].as_str().unwrap_or("failed")
-                    ));
+                    say(
+                        &pb,
+                        format!(
+                            "✗ {name}: {}",
+                            row.as_ref().unwrap()["error"].as_str().unwrap_or("failed")
+                        ),
+                    );
                     pb.inc(1);
                 }
                 None => {
@@ -392,8 +406,7 @@ async fn ingest(
     }
     pb.finish_and_clear();
     eprintln!(
-        "indexed {} file(s) into `{collection}` ({chunks_total} chunks), {failures} failed",
-        jobs.len() as i64 - failures as i64
+        "indexed {indexed} file(s) into `{collection}` ({chunks_total} chunks), {failures} failed"
     );
     if let Some(core) = core {
         core.shutdown().await;
