@@ -112,9 +112,12 @@ pub fn pack(hits: Vec<Source>, budget: usize) -> (Vec<Source>, Manifest) {
                     let merged = format!("{first_text}{tail}");
                     let s = &mut out[i];
                     if hit.ord < s.ord {
+                        // The merged source starts where the earlier chunk starts.
                         s.ord = hit.ord;
                         s.byte_range.0 = hit.byte_range.0;
                         s.chunk_id.clone_from(&hit.chunk_id);
+                        s.page = hit.page;
+                        s.heading.clone_from(&hit.heading);
                     } else {
                         s.byte_range.1 = hit.byte_range.1;
                     }

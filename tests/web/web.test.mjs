@@ -20,7 +20,10 @@ function startServer() {
   tmp = mkdtempSync(join(tmpdir(), 'kb-web-'));
   server = spawn(bin, ['serve', '--addr', '127.0.0.1:0', '--data-dir', join(tmp, 'data')], {
     // kb reads every KB_* variable as configuration: pass only the ones meant for it.
-    env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('KB_') || k === 'KB_MODELS_DIR' || k === 'KB_LOG')),
+    env: {
+      ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('KB_') || k === 'KB_MODELS_DIR')),
+      KB_LOG: process.env.KB_LOG || 'warn',
+    },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   return new Promise((ok, fail) => {
