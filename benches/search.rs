@@ -116,7 +116,7 @@ async fn run() -> Result<()> {
         store.upsert(COLLECTION, points).await?;
         batches.push((m, t.elapsed().as_secs_f64()));
         k += m;
-        if batches.len() % 20 == 0 || k == n {
+        if batches.len().is_multiple_of(20) || k == n {
             eprint!("\rupserted {k}/{n}");
         }
     }
@@ -408,7 +408,7 @@ impl Synth {
                 text,
                 token_count: (WORDS_PER_CHUNK * 4 / 3) as u32,
                 // Half the documents are "PDFs" with pages, all have heading paths.
-                page: (doc % 2 == 0).then_some(ord / 3 + 1),
+                page: doc.is_multiple_of(2).then_some(ord / 3 + 1),
                 heading: Some(format!(
                     "Chapter {} > Section {}",
                     ord / 20 + 1,

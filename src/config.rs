@@ -344,6 +344,7 @@ mod tests {
     use figment::Jail;
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn layers_apply_in_order_and_unknown_keys_fail() {
         Jail::expect_with(|jail| {
             jail.create_file(

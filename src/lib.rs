@@ -95,7 +95,9 @@ fn build_embedder(cfg: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
             } else {
                 cfg.models_dir.join(&e.model)
             };
-            Ok(Arc::new(models::local_embed::LocalEmbedder::load(&dir, &e.model)?))
+            Ok(Arc::new(models::local_embed::LocalEmbedder::load(
+                &dir, &e.model,
+            )?))
         }
         "openai" => {
             let base = e
@@ -106,7 +108,9 @@ fn build_embedder(cfg: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
                 .dim
                 .context("embedding.dim is required for the openai provider")?;
             let client = models::openai::Client::new(&base, e.api_key.clone(), policy(cfg))?;
-            Ok(Arc::new(models::openai::OpenAiEmbedder::new(client, &e.model, dim)))
+            Ok(Arc::new(models::openai::OpenAiEmbedder::new(
+                client, &e.model, dim,
+            )))
         }
         p => anyhow::bail!("unknown embedding provider `{p}`"),
     }
@@ -135,7 +139,9 @@ fn build_chat(cfg: &Config) -> anyhow::Result<Option<Arc<dyn ChatModel>>> {
                 .unwrap_or_else(|| "https://api.openai.com/v1".into());
             let client = models::openai::Client::new(&base, l.api_key.clone(), policy(cfg))?;
             let model = l.model.clone().context("llm.model is required")?;
-            Ok(Some(Arc::new(models::openai::OpenAiChat::new(client, &model))))
+            Ok(Some(Arc::new(models::openai::OpenAiChat::new(
+                client, &model,
+            ))))
         }
         p => anyhow::bail!("unknown llm provider `{p}`"),
     }
@@ -151,7 +157,8 @@ impl Core {
         let catalog = Catalog::open(&data.join("catalog.db"))
             .await
             .context("opening the catalog")?;
-        let store: Arc<dyn VectorStore> = Arc::new(store::edge::EdgeStore::new(&data.join("index"))?);
+        let store: Arc<dyn VectorStore> =
+            Arc::new(store::edge::EdgeStore::new(&data.join("index"))?);
         let embedder = build_embedder(&config)?;
         let chat = build_chat(&config)?;
         let visibility = Arc::new(Visibility::default());
@@ -201,7 +208,9 @@ impl Core {
         if requeued > 0 {
             tracing::info!(requeued, "resuming unfinished ingestion jobs");
         }
-        ingestor.start_optimizer(std::time::Duration::from_secs(config.store.optimize_after_secs));
+        ingestor.start_optimizer(std::time::Duration::from_secs(
+            config.store.optimize_after_secs,
+        ));
         let query = Arc::new(QueryEngine {
             catalog: catalog.clone(),
             store: store.clone(),

@@ -102,7 +102,9 @@ fn init_tracing(cfg: &Config, quiet: bool) {
         spec.push_str(",qdrant_edge::common=error");
     }
     let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new(default));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cfg.log.format == "json" {
         b.json().init();
     } else {
@@ -196,7 +198,8 @@ async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
         .with_graceful_shutdown(async {
             let ctrl_c = tokio::signal::ctrl_c();
             let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("signal handler");
             tokio::select! {
                 _ = ctrl_c => {},
                 _ = term.recv() => {},
@@ -240,7 +243,9 @@ fn doc_name(root: &Path, file: &Path) -> String {
         .map(|c| c.as_os_str().to_string_lossy().to_string())
         .collect();
     if parts.is_empty() || (parts.len() == 1 && parts[0].is_empty()) {
-        file.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default()
+        file.file_name()
+            .map(|f| f.to_string_lossy().to_string())
+            .unwrap_or_default()
     } else {
         parts.join(" › ")
     }
@@ -308,7 +313,10 @@ async fn ingest(
             if let Some(core) = &core {
                 let bytes = tokio::fs::read(path).await?;
                 if bytes.len() as u64 > cfg.limits.max_upload_bytes {
-                    anyhow::bail!("over the upload limit of {} bytes", cfg.limits.max_upload_bytes);
+                    anyhow::bail!(
+                        "over the upload limit of {} bytes",
+                        cfg.limits.max_upload_bytes
+                    );
                 }
                 let kind = kb_ingest::check_and_sniff(&bytes, name, None, &cfg.ingest_limits());
                 if let Err(e) = kind {
@@ -317,7 +325,9 @@ async fn ingest(
                 let tmp = core.temp_path();
                 tokio::fs::write(&tmp, &bytes).await?;
                 let hash = hex::encode(Sha256::digest(&bytes));
-                let r = core.register(collection, name, &tmp, &hash, bytes.len() as u64).await?;
+                let r = core
+                    .register(collection, name, &tmp, &hash, bytes.len() as u64)
+                    .await?;
                 Ok((r.job_id, r.duplicate))
             } else {
                 let base = server.as_deref().unwrap().trim_end_matches('/');
@@ -332,7 +342,10 @@ async fn ingest(
                 let status = resp.status();
                 let v: serde_json::Value = resp.json().await.unwrap_or_default();
                 if !status.is_success() {
-                    anyhow::bail!("{}", v["error"]["message"].as_str().unwrap_or("upload failed"));
+                    anyhow::bail!(
+                        "{}",
+                        v["error"]["message"].as_str().unwrap_or("upload failed")
+                    );
                 }
                 let d = &v["documents"][0];
                 Ok((
@@ -354,7 +367,11 @@ async fn ingest(
     pb.finish_and_clear();
     if no_wait {
         eprintln!("queued {} file(s), {failures} rejected", jobs.len());
-        return Ok(if failures > 0 { ExitCode::from(3) } else { ExitCode::SUCCESS });
+        return Ok(if failures > 0 {
+            ExitCode::from(3)
+        } else {
+            ExitCode::SUCCESS
+        });
     }
     let pb = bar(jobs.len() as u64, "index ");
     let mut pending = jobs.clone();
@@ -364,7 +381,10 @@ async fn ingest(
         let mut still = Vec::new();
         for (job, name) in pending {
             let row: Option<serde_json::Value> = if let Some(core) = &core {
-                core.catalog.job(&job).await?.map(|j| serde_json::to_value(j).unwrap())
+                core.catalog
+                    .job(&job)
+                    .await?
+                    .map(|j| serde_json::to_value(j).unwrap())
             } else {
                 let base = server.as_deref().unwrap().trim_end_matches('/');
                 let resp = client.get(format!("{base}/v1/jobs/{job}")).send().await?;
@@ -374,7 +394,11 @@ async fn ingest(
                     None
                 }
             };
-            match row.as_ref().and_then(|r| r["status"].as_str().map(str::to_string)).as_deref() {
+            match row
+                .as_ref()
+                .and_then(|r| r["status"].as_str().map(str::to_string))
+                .as_deref()
+            {
                 Some("done") => {
                     indexed += 1;
                     chunks_total += row.as_ref().unwrap()["total"].as_i64().unwrap_or(0);
@@ -411,7 +435,11 @@ async fn ingest(
     if let Some(core) = core {
         core.shutdown().await;
     }
-    Ok(if failures > 0 { ExitCode::from(3) } else { ExitCode::SUCCESS })
+    Ok(if failures > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_sources(sources: &serde_json::Value) {
@@ -428,7 +456,11 @@ fn print_sources(sources: &serde_json::Value) {
             if let Some(h) = s["heading"].as_str() {
                 label.push_str(&format!(", {h}"));
             }
-            eprintln!("  [{}] {label} (score {:.3})", s["n"], s["score"].as_f64().unwrap_or(0.0));
+            eprintln!(
+                "  [{}] {label} (score {:.3})",
+                s["n"],
+                s["score"].as_f64().unwrap_or(0.0)
+            );
         }
     }
 }
@@ -457,7 +489,10 @@ async fn ask(
             .await?;
         if !resp.status().is_success() {
             let v: serde_json::Value = resp.json().await.unwrap_or_default();
-            anyhow::bail!("{}", v["error"]["message"].as_str().unwrap_or("request failed"));
+            anyhow::bail!(
+                "{}",
+                v["error"]["message"].as_str().unwrap_or("request failed")
+            );
         }
         let mut stream = resp.bytes_stream();
         let mut buf = String::new();
@@ -478,7 +513,9 @@ async fn ask(
                         }
                         "sources" => sources = v,
                         "done" => done = v,
-                        "error" => anyhow::bail!("{}", v["error"]["message"].as_str().unwrap_or("error")),
+                        "error" => {
+                            anyhow::bail!("{}", v["error"]["message"].as_str().unwrap_or("error"))
+                        }
                         _ => {}
                     }
                 }
@@ -524,7 +561,11 @@ async fn ask(
         print_sources(&sources);
     }
     let declined = done["declined"].as_bool().unwrap_or(false);
-    Ok(if declined { ExitCode::from(4) } else { ExitCode::SUCCESS })
+    Ok(if declined {
+        ExitCode::from(4)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -554,7 +595,10 @@ async fn search(
         let ok = resp.status().is_success();
         let v: serde_json::Value = resp.json().await?;
         if !ok {
-            anyhow::bail!("{}", v["error"]["message"].as_str().unwrap_or("request failed"));
+            anyhow::bail!(
+                "{}",
+                v["error"]["message"].as_str().unwrap_or("request failed")
+            );
         }
         v["results"].clone()
     } else {
@@ -579,7 +623,10 @@ async fn search(
                 s["n"],
                 s["score"].as_f64().unwrap_or(0.0),
                 s["doc_name"].as_str().unwrap_or(""),
-                s["page"].as_u64().map(|p| format!(" p.{p}")).unwrap_or_default()
+                s["page"]
+                    .as_u64()
+                    .map(|p| format!(" p.{p}"))
+                    .unwrap_or_default()
             );
             let text: String = s["text"].as_str().unwrap_or("").chars().take(200).collect();
             println!("    {}", text.replace('\n', " "));

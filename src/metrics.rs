@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 /// Latency buckets, seconds.
-const BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 #[derive(Default)]
 struct Histogram {
@@ -84,7 +86,9 @@ mod tests {
         m.observe("GET", "/healthz", 200, 0.003);
         m.observe("GET", "/healthz", 200, 0.2);
         let t = m.render();
-        assert!(t.contains("kb_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 2"));
+        assert!(t.contains(
+            "kb_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 2"
+        ));
         assert!(t.contains("le=\"0.005\"} 1"));
         assert!(t.contains("le=\"0.25\"} 2"));
     }

@@ -38,20 +38,35 @@ fn pdf_with_content(content: &[u8], filter: Option<&str>) -> Vec<u8> {
         out.extend_from_slice(format!("{off:010} 00000 n \n").as_bytes());
     }
     out.extend_from_slice(
-        format!("trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n", objs.len() + 1).as_bytes(),
+        format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+            objs.len() + 1
+        )
+        .as_bytes(),
     );
     out
 }
 
 fn err_code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {v}"))
+    v["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error body: {v}"))
 }
 
 #[test]
 fn bad_uploads_and_requests_are_rejected_cleanly() {
-    let s = Server::start_with(&[("KB_LIMITS__MAX_UPLOAD_BYTES", "200000"), ("KB_LIMITS__MAX_QUESTION_CHARS", "500")]);
+    let s = Server::start_with(&[
+        ("KB_LIMITS__MAX_UPLOAD_BYTES", "200000"),
+        ("KB_LIMITS__MAX_QUESTION_CHARS", "500"),
+    ]);
     // Something good is indexed first; it must be untouched by everything below.
-    let (st, up) = s.upload("c", &[("good.md", b"# Good\n\nThe orchard keeps 31 pear trees.\n".to_vec())]);
+    let (st, up) = s.upload(
+        "c",
+        &[(
+            "good.md",
+            b"# Good\n\nThe orchard keeps 31 pear trees.\n".to_vec(),
+        )],
+    );
     assert_eq!(st, 202, "{up}");
     let good_job = s.wait_job(up["documents"][0]["job_id"].as_str().unwrap());
     assert_eq!(good_job["status"], "done");
@@ -61,16 +76,36 @@ fn bad_uploads_and_requests_are_rejected_cleanly() {
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         ("empty.txt", vec![], 400, "empty_file"),
         ("big.txt", vec![b'a'; 300_000], 413, "file_too_large"),
-        ("image.png", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR....".to_vec(), 415, "unsupported_media_type"),
-        ("latin1.txt", b"caf\xe9 cr\xe8me br\xfbl\xe9e".to_vec(), 422, "invalid_utf8"),
+        (
+            "image.png",
+            b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR....".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "latin1.txt",
+            b"caf\xe9 cr\xe8me br\xfbl\xe9e".to_vec(),
+            422,
+            "invalid_utf8",
+        ),
         ("../escape.txt", b"hello".to_vec(), 400, "invalid_filename"),
         ("dir/name.txt", b"hello".to_vec(), 400, "invalid_filename"),
         // A control character may already break the multipart header itself.
-        ("bell\u{7}.txt", b"hello".to_vec(), 400, "invalid_filename|malformed_multipart"),
-        ("truncated.pdf", {
-            let p = fixture("bashref-3pages.pdf");
-            p[..150_000].to_vec()
-        }, 422, "corrupt_pdf"),
+        (
+            "bell\u{7}.txt",
+            b"hello".to_vec(),
+            400,
+            "invalid_filename|malformed_multipart",
+        ),
+        (
+            "truncated.pdf",
+            {
+                let p = fixture("bashref-3pages.pdf");
+                p[..150_000].to_vec()
+            },
+            422,
+            "corrupt_pdf",
+        ),
     ];
     for (name, bytes, status, code) in cases {
         let (st, v) = s.upload("c", &[(name, bytes)]);
@@ -80,7 +115,13 @@ fn bad_uploads_and_requests_are_rejected_cleanly() {
     }
 
     // One bad file in a request: nothing from that request is registered.
-    let (st, _) = s.upload("c", &[("fine.txt", b"fine words here".to_vec()), ("empty.txt", vec![])]);
+    let (st, _) = s.upload(
+        "c",
+        &[
+            ("fine.txt", b"fine words here".to_vec()),
+            ("empty.txt", vec![]),
+        ],
+    );
     assert_eq!(st, 400);
     let (_, list) = s.get("/v1/collections/c/documents");
     assert_eq!(list["documents"].as_array().unwrap().len(), 1, "{list}");
@@ -102,24 +143,42 @@ fn bad_uploads_and_requests_are_rejected_cleanly() {
     assert_eq!(err_code(&r.json().unwrap()), "no_files");
 
     // Unknown things.
-    for path in ["/v1/collections/nope/documents", "/v1/documents/nope", "/v1/jobs/nope", "/v1/collections/nope", "/v1/no-such-route"] {
+    for path in [
+        "/v1/collections/nope/documents",
+        "/v1/documents/nope",
+        "/v1/jobs/nope",
+        "/v1/collections/nope",
+        "/v1/no-such-route",
+    ] {
         let (st, v) = s.get(path);
         assert_eq!(st, 404, "{path}: {v}");
         err_code(&v);
     }
     let (st, v) = s.get("/v1/collections/bad%20name!/documents");
     assert_eq!((st, err_code(&v)), (400, "invalid_collection"));
-    let (st, v) = s.post_json("/v1/ask", &json!({"collection": "nope", "question": "hello?"}));
+    let (st, v) = s.post_json(
+        "/v1/ask",
+        &json!({"collection": "nope", "question": "hello?"}),
+    );
     assert_eq!((st, err_code(&v)), (404, "collection_not_found"));
 
     // Questions.
     let (st, v) = s.post_json("/v1/ask", &json!({"collection": "c", "question": "   "}));
     assert_eq!((st, err_code(&v)), (400, "empty_question"));
-    let (st, v) = s.post_json("/v1/ask", &json!({"collection": "c", "question": "why ".repeat(200)}));
+    let (st, v) = s.post_json(
+        "/v1/ask",
+        &json!({"collection": "c", "question": "why ".repeat(200)}),
+    );
     assert_eq!((st, err_code(&v)), (413, "question_too_long"));
-    let (st, v) = s.post_json("/v1/search", &json!({"collection": "c", "query": "pears", "top_k": 0}));
+    let (st, v) = s.post_json(
+        "/v1/search",
+        &json!({"collection": "c", "query": "pears", "top_k": 0}),
+    );
     assert_eq!((st, err_code(&v)), (422, "invalid_top_k"));
-    let (st, v) = s.post_json("/v1/search", &json!({"collection": "c", "query": "pears", "mode": "psychic"}));
+    let (st, v) = s.post_json(
+        "/v1/search",
+        &json!({"collection": "c", "query": "pears", "mode": "psychic"}),
+    );
     assert_eq!((st, err_code(&v)), (422, "invalid_mode"));
     let (st, v) = s.post_json("/v1/ask", &json!({"collection": "c", "questoin": "typo"}));
     assert_eq!((st, err_code(&v)), (422, "invalid_request"));
@@ -131,7 +190,11 @@ fn bad_uploads_and_requests_are_rejected_cleanly() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
     assert_eq!(err_code(&r.json().unwrap()), "malformed_json");
-    let r = Server::client().post(s.url("/v1/ask")).body("question=hi").send().unwrap();
+    let r = Server::client()
+        .post(s.url("/v1/ask"))
+        .body("question=hi")
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 415);
 
     // Still serving, and nothing indexed changed.
@@ -149,7 +212,10 @@ fn hostile_pdfs_fail_their_document_not_the_server() {
     let s = Server::start_with(&[("KB_LIMITS__PDF_MEMORY_MB", "256")]);
 
     // Sanity: the hand-built PDF format is right (a text page extracts).
-    let ok = pdf_with_content(b"BT /F1 12 Tf 72 720 Td (The heron nests by the weir.) Tj ET", None);
+    let ok = pdf_with_content(
+        b"BT /F1 12 Tf 72 720 Td (The heron nests by the weir.) Tj ET",
+        None,
+    );
     let (st, up) = s.upload("h", &[("ok.pdf", ok)]);
     assert_eq!(st, 202, "{up}");
     let job = s.wait_job(up["documents"][0]["job_id"].as_str().unwrap());
@@ -183,7 +249,10 @@ fn hostile_pdfs_fail_their_document_not_the_server() {
         assert_eq!(job["status"], "failed", "{name}: {job}");
         let err = job["error"].as_str().unwrap();
         assert!(err.contains(expect), "{name}: {err}");
-        let (_, d) = s.get(&format!("/v1/documents/{}", up["documents"][0]["document_id"].as_str().unwrap()));
+        let (_, d) = s.get(&format!(
+            "/v1/documents/{}",
+            up["documents"][0]["document_id"].as_str().unwrap()
+        ));
         assert_eq!(d["status"], "failed");
         assert_eq!(d["error"].as_str().unwrap(), err);
         assert_eq!(s.get("/healthz").0, 200, "server survived {name}");
@@ -193,4 +262,37 @@ fn hostile_pdfs_fail_their_document_not_the_server() {
     assert!(hits[0]["text"].as_str().unwrap().contains("heron"));
     let (_, c) = s.get("/v1/collections/h");
     assert_eq!(c["points"], c["chunks"]);
+}
+
+#[test]
+fn a_collection_refuses_another_embedder() {
+    let mut s = Server::start();
+    let (st, up) = s.upload(
+        "m",
+        &[("a.md", b"# A\n\nThe kiln fires at 1280 degrees.\n".to_vec())],
+    );
+    assert_eq!(st, 202);
+    s.wait_job(up["documents"][0]["job_id"].as_str().unwrap());
+    // Same data, another embedding model (never called: the mismatch is caught first).
+    s.restart_with(&[
+        ("KB_EMBEDDING__PROVIDER", "openai"),
+        ("KB_EMBEDDING__MODEL", "other-embedder"),
+        ("KB_EMBEDDING__DIM", "8"),
+        ("KB_EMBEDDING__BASE_URL", "http://127.0.0.1:9/v1"),
+    ]);
+    let (st, v) = s.post_json(
+        "/v1/search",
+        &json!({"collection": "m", "query": "kiln temperature"}),
+    );
+    assert_eq!((st, err_code(&v)), (409, "embedder_mismatch"), "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("local:all-MiniLM-L6-v2"));
+    let (st, v) = s.upload("m", &[("b.md", b"more text".to_vec())]);
+    assert_eq!((st, err_code(&v)), (409, "embedder_mismatch"), "{v}");
+    // Back to the right model: everything is as it was.
+    s.restart_with(&[]);
+    let hits = s.search("m", "kiln temperature", 1);
+    assert!(hits[0]["text"].as_str().unwrap().contains("1280"));
 }

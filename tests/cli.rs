@@ -23,27 +23,71 @@ fn ingest_ask_search_config() {
     let data = tmp.path().join("data");
     let docs = tmp.path().join("docs");
     std::fs::create_dir_all(docs.join("sub")).unwrap();
-    std::fs::write(docs.join("tides.md"), "# Tides\n\nHigh tide at the north jetty comes at 06:40.\n").unwrap();
-    std::fs::write(docs.join("sub/bells.txt"), "The chapel bell rings nine times at dusk.\n").unwrap();
+    std::fs::write(
+        docs.join("tides.md"),
+        "# Tides\n\nHigh tide at the north jetty comes at 06:40.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        docs.join("sub/bells.txt"),
+        "The chapel bell rings nine times at dusk.\n",
+    )
+    .unwrap();
     std::fs::write(docs.join("sub/broken.txt"), b"\xff\xfe\x00bin").unwrap();
     std::fs::write(docs.join(".hidden.txt"), "secret").unwrap();
 
-    let out = kb(&data, &["ingest", "--collection", "cli", docs.to_str().unwrap()]);
+    let out = kb(
+        &data,
+        &["ingest", "--collection", "cli", docs.to_str().unwrap()],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "a rejected file makes exit code 3: {err}");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a rejected file makes exit code 3: {err}"
+    );
     assert!(err.contains("broken.txt"), "{err}");
     assert!(err.contains("indexed 2 file(s)"), "{err}");
 
-    let out = kb(&data, &["ask", "--collection", "cli", "How many times does the chapel bell ring?"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kb(
+        &data,
+        &[
+            "ask",
+            "--collection",
+            "cli",
+            "How many times does the chapel bell ring?",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("nine times"), "{text}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("sub › bells.txt"));
 
-    let out = kb(&data, &["ask", "--collection", "cli", "What is the airspeed of an unladen swallow?"]);
+    let out = kb(
+        &data,
+        &[
+            "ask",
+            "--collection",
+            "cli",
+            "What is the airspeed of an unladen swallow?",
+        ],
+    );
     assert_eq!(out.status.code(), Some(4), "a declined answer exits 4");
 
-    let out = kb(&data, &["search", "--collection", "cli", "--json", "north jetty high tide"]);
+    let out = kb(
+        &data,
+        &[
+            "search",
+            "--collection",
+            "cli",
+            "--json",
+            "north jetty high tide",
+        ],
+    );
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["doc_name"], "tides.md");
@@ -60,7 +104,10 @@ fn ingest_ask_search_config() {
         .unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(!shown.contains("sk-very-secret") && shown.contains("********"), "{shown}");
+    assert!(
+        !shown.contains("sk-very-secret") && shown.contains("********"),
+        "{shown}"
+    );
     let out = bare()
         .args(["config"])
         .env("KB_RETRIEVAL__TOPKAY", "3")
@@ -73,9 +120,33 @@ fn ingest_ask_search_config() {
     let out = kb(&s.data_dir, &["ask", "anything"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another kb process"));
-    let out = kb(tmp.path(), &["ingest", "--collection", "srv", "--server", &s.base, docs.join("tides.md").to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = kb(tmp.path(), &["ask", "--collection", "srv", "--server", &s.base, "When is high tide at the north jetty?"]);
+    let out = kb(
+        tmp.path(),
+        &[
+            "ingest",
+            "--collection",
+            "srv",
+            "--server",
+            &s.base,
+            docs.join("tides.md").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kb(
+        tmp.path(),
+        &[
+            "ask",
+            "--collection",
+            "srv",
+            "--server",
+            &s.base,
+            "When is high tide at the north jetty?",
+        ],
+    );
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("06:40"));
 }

@@ -9,7 +9,13 @@ use std::time::Duration;
 fn killed_mid_ingestion_resumes_to_completion() {
     let mut s = Server::start();
     // Small, quick document first: it must survive the crash untouched.
-    let (st, up) = s.upload("k", &[("first.md", b"# First\n\nThe lighthouse lamp is 14 metres above the sea.\n".to_vec())]);
+    let (st, up) = s.upload(
+        "k",
+        &[(
+            "first.md",
+            b"# First\n\nThe lighthouse lamp is 14 metres above the sea.\n".to_vec(),
+        )],
+    );
     assert_eq!(st, 202);
     s.wait_job(up["documents"][0]["job_id"].as_str().unwrap());
 
@@ -23,10 +29,16 @@ fn killed_mid_ingestion_resumes_to_completion() {
     let (st, up) = s.upload("k", &[("timetable.txt", long.into_bytes())]);
     assert_eq!(st, 202);
     let job = up["documents"][0]["job_id"].as_str().unwrap().to_string();
-    let doc = up["documents"][0]["document_id"].as_str().unwrap().to_string();
+    let doc = up["documents"][0]["document_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     wait_until("embedding under way", Duration::from_secs(120), || {
         let (_, j) = s.get(&format!("/v1/jobs/{job}"));
-        assert_ne!(j["status"], "done", "finished before the kill; make the document longer");
+        assert_ne!(
+            j["status"], "done",
+            "finished before the kill; make the document longer"
+        );
         j["stage"] == "embed" && j["done"].as_i64().unwrap_or(0) > 0
     });
     s.kill9();
@@ -39,9 +51,16 @@ fn killed_mid_ingestion_resumes_to_completion() {
     assert_eq!(d["status"], "ready");
     let (_, c) = s.get("/v1/collections/k");
     assert_eq!(c["documents"], 2);
-    assert_eq!(c["points"], c["chunks"], "duplicate or orphaned chunks after resume: {c}");
+    assert_eq!(
+        c["points"], c["chunks"],
+        "duplicate or orphaned chunks after resume: {c}"
+    );
     let hits = s.search("k", "ferry departures from pier 397", 3);
-    assert!(hits.iter().any(|h| h["text"].as_str().unwrap().contains("pier 397")), "{hits:?}");
+    assert!(
+        hits.iter()
+            .any(|h| h["text"].as_str().unwrap().contains("pier 397")),
+        "{hits:?}"
+    );
     let hits = s.search("k", "how high is the lighthouse lamp", 1);
     assert!(hits[0]["text"].as_str().unwrap().contains("14 metres"));
 }

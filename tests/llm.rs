@@ -17,8 +17,14 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug)]
 enum Script {
     /// Stream these pieces; `ids`: include `id`/`model`/`object` fields; then usage and [DONE].
-    Stream { pieces: Vec<&'static str>, ids: bool },
-    Status { code: u16, retry_after: Option<&'static str> },
+    Stream {
+        pieces: Vec<&'static str>,
+        ids: bool,
+    },
+    Status {
+        code: u16,
+        retry_after: Option<&'static str>,
+    },
     /// Send `n` pieces, then nothing (connection stays open).
     StallAfter(usize),
     Malformed,
@@ -32,10 +38,15 @@ struct Fake {
 
 async fn completions(State(fake): State<Arc<Fake>>, body: axum::Json<Value>) -> Response {
     fake.requests.lock().unwrap().push(body.0.clone());
-    let next = fake.script.lock().unwrap().pop_front().unwrap_or(Script::Stream {
-        pieces: vec!["default answer [1]"],
-        ids: false,
-    });
+    let next = fake
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or(Script::Stream {
+            pieces: vec!["default answer [1]"],
+            ids: false,
+        });
     let sse = |chunks: Vec<String>| {
         let body = chunks.concat();
         ([("content-type", "text/event-stream")], body).into_response()
@@ -78,7 +89,11 @@ async fn completions(State(fake): State<Arc<Fake>>, body: axum::Json<Value>) -> 
                 }
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             };
-            ([("content-type", "text/event-stream")], axum::body::Body::from_stream(stream)).into_response()
+            (
+                [("content-type", "text/event-stream")],
+                axum::body::Body::from_stream(stream),
+            )
+                .into_response()
         }
         Script::Malformed => sse(vec!["data: {this is not json\n\n".into()]),
     }
@@ -118,7 +133,13 @@ fn upstream_faults_are_handled_by_the_rules() {
         ("KB_LLM__FIRST_TOKEN_TIMEOUT_SECS", "2"),
         ("KB_LLM__IDLE_TIMEOUT_SECS", "1"),
     ]);
-    let (st, up) = s.upload("llm", &[("hall.md", b"# Hall\n\nTwelve lanterns hang in the east hall.\n".to_vec())]);
+    let (st, up) = s.upload(
+        "llm",
+        &[(
+            "hall.md",
+            b"# Hall\n\nTwelve lanterns hang in the east hall.\n".to_vec(),
+        )],
+    );
     assert_eq!(st, 202);
     s.wait_job(up["documents"][0]["job_id"].as_str().unwrap());
     let script = |items: Vec<Script>| {
@@ -131,7 +152,10 @@ fn upstream_faults_are_handled_by_the_rules() {
     let last = |ev: &[(String, Value)]| ev.last().unwrap().clone();
 
     // A lenient parse: no id/model/object fields; usage reported at the end.
-    script(vec![Script::Stream { pieces: vec!["Twelve ", "lanterns ", "[1]."], ids: false }]);
+    script(vec![Script::Stream {
+        pieces: vec!["Twelve ", "lanterns ", "[1]."],
+        ids: false,
+    }]);
     let ev = ask(&s);
     let (name, done) = last(&ev);
     assert_eq!(name, "done", "{ev:?}");
@@ -145,23 +169,38 @@ fn upstream_faults_are_handled_by_the_rules() {
     // The prompt numbered the sources and carried the question; the key was sent, streaming on.
     let req = fake.requests.lock().unwrap()[0].clone();
     let user = req["messages"][1]["content"].as_str().unwrap();
-    assert!(user.contains("[1] (hall.md") && user.contains("Twelve lanterns hang"), "{user}");
+    assert!(
+        user.contains("[1] (hall.md") && user.contains("Twelve lanterns hang"),
+        "{user}"
+    );
     assert!(user.ends_with("How many lanterns hang in the east hall?"));
     assert_eq!(req["stream"], true);
 
     // 429 with Retry-After: waited for, then retried.
     script(vec![
-        Script::Status { code: 429, retry_after: Some("1") },
-        Script::Stream { pieces: vec!["ok [1]"], ids: true },
+        Script::Status {
+            code: 429,
+            retry_after: Some("1"),
+        },
+        Script::Stream {
+            pieces: vec!["ok [1]"],
+            ids: true,
+        },
     ]);
     let t = Instant::now();
     let ev = ask(&s);
     assert_eq!(last(&ev).0, "done", "{ev:?}");
-    assert!(t.elapsed() >= Duration::from_millis(950), "Retry-After honoured");
+    assert!(
+        t.elapsed() >= Duration::from_millis(950),
+        "Retry-After honoured"
+    );
     assert_eq!(requests(), 2);
 
     // Retry-After beyond the cap: fails at once, no retry.
-    script(vec![Script::Status { code: 429, retry_after: Some("3600") }]);
+    script(vec![Script::Status {
+        code: 429,
+        retry_after: Some("3600"),
+    }]);
     let t = Instant::now();
     let ev = ask(&s);
     let (name, err) = last(&ev);
@@ -171,13 +210,22 @@ fn upstream_faults_are_handled_by_the_rules() {
     assert_eq!(requests(), 1);
 
     // 503 is retried (3 retries), then reported.
-    script(vec![Script::Status { code: 503, retry_after: None }; 6]);
+    script(vec![
+        Script::Status {
+            code: 503,
+            retry_after: None
+        };
+        6
+    ]);
     let ev = ask(&s);
     assert_eq!(last(&ev).1["error"]["code"], "upstream_error");
     assert_eq!(requests(), 4);
 
     // 400 is never retried.
-    script(vec![Script::Status { code: 400, retry_after: None }]);
+    script(vec![Script::Status {
+        code: 400,
+        retry_after: None,
+    }]);
     let ev = ask(&s);
     assert_eq!(last(&ev).0, "error");
     assert_eq!(requests(), 1);
@@ -189,10 +237,21 @@ fn upstream_faults_are_handled_by_the_rules() {
     let (name, err) = last(&ev);
     assert_eq!(name, "error", "{ev:?}");
     assert_eq!(err["error"]["code"], "upstream_timeout");
-    assert!(err["error"]["message"].as_str().unwrap().contains("idle"), "{err}");
-    assert_eq!(ev.iter().filter(|(e, _)| e == "token").count(), 2, "tokens before the stall reached the client");
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("idle"),
+        "{err}"
+    );
+    assert_eq!(
+        ev.iter().filter(|(e, _)| e == "token").count(),
+        2,
+        "tokens before the stall reached the client"
+    );
     assert!(t.elapsed() < Duration::from_secs(10));
-    assert_eq!(requests(), 1, "nothing retried after a token reached the client");
+    assert_eq!(
+        requests(),
+        1,
+        "nothing retried after a token reached the client"
+    );
 
     // Garbage in the stream.
     script(vec![Script::Malformed]);

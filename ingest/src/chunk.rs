@@ -26,11 +26,7 @@ impl TokenCounter for tokenizers::Tokenizer {
         let mut out = Vec::with_capacity(text.len() / 4);
         for (base, seg) in segments(text, 64 * 1024) {
             if let Ok(enc) = self.encode(seg, false) {
-                out.extend(
-                    enc.get_offsets()
-                        .iter()
-                        .map(|&(s, e)| (base + s, base + e)),
-                );
+                out.extend(enc.get_offsets().iter().map(|&(s, e)| (base + s, base + e)));
             }
         }
         out
@@ -217,13 +213,20 @@ mod tests {
         let chunks = chunk(&doc, &cfg, &Words);
         assert!(chunks.len() >= 20, "{}", chunks.len());
         for c in &chunks {
-            assert!(Words.count(&c.text) <= 50, "chunk of {} words", Words.count(&c.text));
+            assert!(
+                Words.count(&c.text) <= 50,
+                "chunk of {} words",
+                Words.count(&c.text)
+            );
             assert_eq!(c.token_count as usize, Words.count(&c.text));
             assert_eq!(&doc.text[c.byte_start..c.byte_end], c.text);
         }
         // Every word is in some chunk, and neighbours overlap.
         for w in &words {
-            assert!(chunks.iter().any(|c| c.text.contains(w.as_str())), "{w} lost");
+            assert!(
+                chunks.iter().any(|c| c.text.contains(w.as_str())),
+                "{w} lost"
+            );
         }
         assert!(chunks[0].byte_end > chunks[1].byte_start, "no overlap");
         let ords: Vec<u32> = chunks.iter().map(|c| c.ord).collect();

@@ -15,15 +15,41 @@ pub struct HtmlText {
 }
 
 const SKIP: &[&str] = &[
-    "script", "style", "noscript", "template", "head", "nav", "svg", "iframe", "object",
-    "embed", "canvas", "button", "select", "option", "footer", "form", "input", "textarea",
-    "math",
+    "script", "style", "noscript", "template", "head", "nav", "svg", "iframe", "object", "embed",
+    "canvas", "button", "select", "option", "footer", "form", "input", "textarea", "math",
 ];
 
 const BLOCK: &[&str] = &[
-    "p", "div", "section", "article", "main", "aside", "header", "ul", "ol", "li", "dl", "dt",
-    "dd", "table", "thead", "tbody", "tfoot", "tr", "blockquote", "figure", "figcaption",
-    "caption", "address", "details", "summary", "fieldset", "hr", "br", "body", "html",
+    "p",
+    "div",
+    "section",
+    "article",
+    "main",
+    "aside",
+    "header",
+    "ul",
+    "ol",
+    "li",
+    "dl",
+    "dt",
+    "dd",
+    "table",
+    "thead",
+    "tbody",
+    "tfoot",
+    "tr",
+    "blockquote",
+    "figure",
+    "figcaption",
+    "caption",
+    "address",
+    "details",
+    "summary",
+    "fieldset",
+    "hr",
+    "br",
+    "body",
+    "html",
 ];
 
 fn heading_level(name: &str) -> Option<u8> {
@@ -110,7 +136,11 @@ impl Writer {
 
 enum Step<'a> {
     Enter(NodeRef<'a, Node>),
-    Leave { block: u8, pre: bool, heading: Option<(u8, usize)> },
+    Leave {
+        block: u8,
+        pre: bool,
+        heading: Option<(u8, usize)>,
+    },
 }
 
 pub fn html_to_text(src: &str) -> HtmlText {
@@ -139,7 +169,7 @@ pub fn html_to_text(src: &str) -> HtmlText {
     while let Some(step) = stack.pop() {
         match step {
             Step::Enter(node) => match node.value() {
-                Node::Text(t) => w.text(&**t),
+                Node::Text(t) => w.text(t),
                 Node::Element(el) => {
                     let name = el.name();
                     if SKIP.contains(&name)
@@ -217,10 +247,7 @@ pub fn html_to_text(src: &str) -> HtmlText {
                     }
                 }
                 if let Some((level, start)) = heading {
-                    let text = w.out[start..]
-                        .trim_start_matches('#')
-                        .trim()
-                        .to_string();
+                    let text = w.out[start..].trim_start_matches('#').trim().to_string();
                     if text.is_empty() {
                         w.out.truncate(start);
                     } else {
@@ -266,7 +293,10 @@ mod tests {
         let t = &out.text;
         assert!(!t.contains("secret") && !t.contains("Home") && !t.contains("sidebar"));
         assert!(!t.contains('¶') && !t.contains("Copyright"));
-        assert!(t.contains("# Intro\n\nCall min(32, os.cpu_count() + 4) to see."), "{t}");
+        assert!(
+            t.contains("# Intro\n\nCall min(32, os.cpu_count() + 4) to see."),
+            "{t}"
+        );
         assert!(t.contains("## Details"));
         assert!(t.contains("- one\n- two bold"), "{t}");
         assert!(t.contains("line 1\n  line 2"), "{t}");

@@ -31,10 +31,16 @@ pub fn extract_pages(bytes: &[u8], max_pages: usize) -> Result<Vec<String>, Extr
     let mut doc = match loaded {
         Ok(Ok(doc)) => doc,
         Ok(Err(e)) => return Err(ExtractError::Pdf(short(&e.to_string()))),
-        Err(_) => return Err(ExtractError::Pdf("the parser could not read its structure".into())),
+        Err(_) => {
+            return Err(ExtractError::Pdf(
+                "the parser could not read its structure".into(),
+            ))
+        }
     };
     if doc.is_encrypted() && doc.decrypt("").is_err() {
-        return Err(ExtractError::Pdf("the PDF is encrypted with a password".into()));
+        return Err(ExtractError::Pdf(
+            "the PDF is encrypted with a password".into(),
+        ));
     }
     let pages: Vec<u32> = doc.get_pages().keys().copied().collect();
     if pages.len() > max_pages {
@@ -247,13 +253,8 @@ mod tests {
             ..Limits::default()
         };
         let t = Instant::now();
-        let err = extract_isolated(
-            Path::new("/bin/sleep"),
-            &["30".to_string()],
-            b"",
-            &limits,
-        )
-        .unwrap_err();
+        let err = extract_isolated(Path::new("/bin/sleep"), &["30".to_string()], b"", &limits)
+            .unwrap_err();
         assert!(matches!(err, ExtractError::Timeout(_)), "{err:?}");
         assert!(t.elapsed() < Duration::from_secs(10));
     }

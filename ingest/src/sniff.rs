@@ -106,7 +106,8 @@ fn looks_like_html(head: &[u8]) -> bool {
     let t = s.trim_start_matches('\u{feff}').trim_start();
     t.starts_with("<!doctype html")
         || t.starts_with("<html")
-        || (t.starts_with('<') && (s.contains("<html") || s.contains("<body") || s.contains("<head")))
+        || (t.starts_with('<')
+            && (s.contains("<html") || s.contains("<body") || s.contains("<head")))
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -119,7 +120,10 @@ mod tests {
 
     #[test]
     fn sniffs_from_bytes_not_names() {
-        assert_eq!(sniff(b"%PDF-1.7\n...", "notes.txt", None).unwrap(), MediaType::Pdf);
+        assert_eq!(
+            sniff(b"%PDF-1.7\n...", "notes.txt", None).unwrap(),
+            MediaType::Pdf
+        );
         assert_eq!(
             sniff(b"<!DOCTYPE html><html><body>x</body></html>", "a.pdf", None).unwrap(),
             MediaType::Html
@@ -128,12 +132,18 @@ mod tests {
             sniff(b"  <html lang=en><p>x", "a.txt", None).unwrap(),
             MediaType::Html
         );
-        assert_eq!(sniff(b"# Title\n", "readme.md", None).unwrap(), MediaType::Markdown);
+        assert_eq!(
+            sniff(b"# Title\n", "readme.md", None).unwrap(),
+            MediaType::Markdown
+        );
         assert_eq!(
             sniff(b"# Title\n", "readme", Some("text/markdown; charset=utf-8")).unwrap(),
             MediaType::Markdown
         );
-        assert_eq!(sniff(b"plain words", "a.pdf", None).unwrap(), MediaType::Text);
+        assert_eq!(
+            sniff(b"plain words", "a.pdf", None).unwrap(),
+            MediaType::Text
+        );
     }
 
     #[test]

@@ -77,8 +77,12 @@ impl From<crate::query::QueryError> for ApiError {
         use crate::models::ModelError as M;
         use crate::query::QueryError as Q;
         match e {
-            Q::NoCollection(c) => {
-                ApiError::not_found("collection_not_found", format!("collection `{c}` does not exist"))
+            Q::NoCollection(c) => ApiError::not_found(
+                "collection_not_found",
+                format!("collection `{c}` does not exist"),
+            ),
+            Q::EmbedderMismatch { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "embedder_mismatch", e.to_string())
             }
             Q::Model(m) => {
                 let status = match &m {
@@ -114,12 +118,15 @@ where
                     "unsupported_media_type",
                     "expected Content-Type: application/json",
                 ),
-                JsonRejection::JsonSyntaxError(e) => {
-                    ApiError::bad_request("malformed_json", format!("malformed JSON: {}", e.body_text()))
-                }
-                JsonRejection::JsonDataError(e) => {
-                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.body_text())
-                }
+                JsonRejection::JsonSyntaxError(e) => ApiError::bad_request(
+                    "malformed_json",
+                    format!("malformed JSON: {}", e.body_text()),
+                ),
+                JsonRejection::JsonDataError(e) => ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_request",
+                    e.body_text(),
+                ),
                 other => ApiError::bad_request("invalid_request", other.body_text()),
             }),
         }
@@ -129,7 +136,10 @@ where
 pub fn valid_collection(name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
@@ -153,7 +163,10 @@ pub fn router(core: Arc<Core>) -> Router {
                 .get(list_documents)
                 .layer(axum::extract::DefaultBodyLimit::disable()),
         )
-        .route("/v1/documents/{id}", get(get_document).delete(delete_document))
+        .route(
+            "/v1/documents/{id}",
+            get(get_document).delete(delete_document),
+        )
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/search", post(search))
@@ -208,15 +221,22 @@ async fn readyz(State(core): State<AppState>) -> Response {
         Ok(_) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "not ready");
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the catalog is unavailable")
-                .into_response()
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the catalog is unavailable",
+            )
+            .into_response()
         }
     }
 }
 
 async fn metrics(State(core): State<AppState>) -> Response {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         core.metrics.render(),
     )
         .into_response()
@@ -228,7 +248,10 @@ async fn list_collections(State(core): State<AppState>) -> Result<Response, ApiE
 }
 
 /// A collection with its counts: `chunks` (catalog, live versions) and `points` (index).
-async fn get_collection(State(core): State<AppState>, Path(collection): Path<String>) -> Result<Response, ApiError> {
+async fn get_collection(
+    State(core): State<AppState>,
+    Path(collection): Path<String>,
+) -> Result<Response, ApiError> {
     valid_collection(&collection)?;
     let Some(info) = core.catalog.collection(&collection).await? else {
         return Err(ApiError::not_found(
@@ -263,25 +286,43 @@ async fn list_documents(
     Ok(Json(json!({"collection": collection, "documents": docs})).into_response())
 }
 
-async fn get_document(State(core): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_document(
+    State(core): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     match core.catalog.document(&id).await? {
         Some(d) => Ok(Json(d).into_response()),
-        None => Err(ApiError::not_found("document_not_found", format!("no document `{id}`"))),
+        None => Err(ApiError::not_found(
+            "document_not_found",
+            format!("no document `{id}`"),
+        )),
     }
 }
 
-async fn delete_document(State(core): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn delete_document(
+    State(core): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     match core.delete_document(&id).await {
         Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
-        Ok(false) => Err(ApiError::not_found("document_not_found", format!("no document `{id}`"))),
+        Ok(false) => Err(ApiError::not_found(
+            "document_not_found",
+            format!("no document `{id}`"),
+        )),
         Err(e) => Err(ApiError::internal(e)),
     }
 }
 
-async fn get_job(State(core): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_job(
+    State(core): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     match core.catalog.job(&id).await? {
         Some(j) => Ok(Json(j).into_response()),
-        None => Err(ApiError::not_found("job_not_found", format!("no job `{id}`"))),
+        None => Err(ApiError::not_found(
+            "job_not_found",
+            format!("no job `{id}`"),
+        )),
     }
 }
 
@@ -289,11 +330,17 @@ fn terminal(status: &str) -> bool {
     status == "done" || status == "failed"
 }
 
-async fn job_events(State(core): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn job_events(
+    State(core): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     // Subscribe before reading the current state so no update is missed in between.
     let mut rx = core.ingestor.events.subscribe();
     let Some(first) = core.catalog.job(&id).await? else {
-        return Err(ApiError::not_found("job_not_found", format!("no job `{id}`")));
+        return Err(ApiError::not_found(
+            "job_not_found",
+            format!("no job `{id}`"),
+        ));
     };
     let keep_alive = core.config.server.keep_alive_secs;
     let stream = async_stream::stream! {
@@ -325,7 +372,11 @@ async fn job_events(State(core): State<AppState>, Path(id): Path<String>) -> Res
         }
     };
     Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(keep_alive)).text("keep-alive"))
+        .keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(keep_alive))
+                .text("keep-alive"),
+        )
         .into_response())
 }
 
@@ -344,12 +395,22 @@ pub struct SearchRequest {
     pub document_ids: Option<Vec<String>>,
 }
 
-fn search_params(core: &Core, collection: Option<String>, query: &str, top_k: Option<usize>, mode: Option<String>, document_ids: Option<Vec<String>>) -> Result<SearchParams, ApiError> {
+fn search_params(
+    core: &Core,
+    collection: Option<String>,
+    query: &str,
+    top_k: Option<usize>,
+    mode: Option<String>,
+    document_ids: Option<Vec<String>>,
+) -> Result<SearchParams, ApiError> {
     let collection = collection.unwrap_or_else(|| "default".into());
     valid_collection(&collection)?;
     let q = query.trim();
     if q.is_empty() {
-        return Err(ApiError::bad_request("empty_question", "the question is empty"));
+        return Err(ApiError::bad_request(
+            "empty_question",
+            "the question is empty",
+        ));
     }
     let max = core.config.limits.max_question_chars;
     if q.chars().count() > max {
@@ -361,10 +422,20 @@ fn search_params(core: &Core, collection: Option<String>, query: &str, top_k: Op
     }
     let top_k = top_k.unwrap_or(core.config.retrieval.top_k);
     if top_k == 0 || top_k > 100 {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_top_k", "top_k must be between 1 and 100"));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_top_k",
+            "top_k must be between 1 and 100",
+        ));
     }
-    let mode = SearchMode::parse(mode.as_deref().unwrap_or(&core.config.retrieval.mode))
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_mode", e.to_string()))?;
+    let mode =
+        SearchMode::parse(mode.as_deref().unwrap_or(&core.config.retrieval.mode)).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_mode",
+                e.to_string(),
+            )
+        })?;
     Ok(SearchParams {
         collection,
         query: q.to_string(),
@@ -374,8 +445,18 @@ fn search_params(core: &Core, collection: Option<String>, query: &str, top_k: Op
     })
 }
 
-async fn search(State(core): State<AppState>, JsonBody(req): JsonBody<SearchRequest>) -> Result<Response, ApiError> {
-    let p = search_params(&core, req.collection, &req.query, req.top_k, req.mode, req.document_ids)?;
+async fn search(
+    State(core): State<AppState>,
+    JsonBody(req): JsonBody<SearchRequest>,
+) -> Result<Response, ApiError> {
+    let p = search_params(
+        &core,
+        req.collection,
+        &req.query,
+        req.top_k,
+        req.mode,
+        req.document_ids,
+    )?;
     let t = Instant::now();
     let results = core.query.search(&p).await?;
     Ok(Json(json!({
@@ -409,7 +490,9 @@ fn sse_event(ev: &AskEvent) -> Event {
     match ev {
         AskEvent::Meta(m) => Event::default().event("meta").json_data(m),
         AskEvent::Sources(s) => Event::default().event("sources").json_data(s),
-        AskEvent::Token(t) => Event::default().event("token").json_data(json!({"text": t})),
+        AskEvent::Token(t) => Event::default()
+            .event("token")
+            .json_data(json!({"text": t})),
         AskEvent::Done(d) => Event::default().event("done").json_data(d),
         AskEvent::Error { code, message } => Event::default()
             .event("error")
@@ -424,7 +507,14 @@ async fn ask(
     headers: HeaderMap,
     JsonBody(req): JsonBody<AskRequest>,
 ) -> Result<Response, ApiError> {
-    let p = search_params(&core, req.collection, &req.question, req.top_k, req.mode, req.document_ids)?;
+    let p = search_params(
+        &core,
+        req.collection,
+        &req.question,
+        req.top_k,
+        req.mode,
+        req.document_ids,
+    )?;
     // Unknown collection: a plain 404 before any stream starts.
     if core.catalog.collection(&p.collection).await?.is_none() {
         return Err(ApiError::not_found(
@@ -437,7 +527,9 @@ async fn ask(
             && headers
                 .get(axum::http::header::ACCEPT)
                 .and_then(|v| v.to_str().ok())
-                .is_some_and(|a| a.contains("application/json") && !a.contains("text/event-stream")));
+                .is_some_and(|a| {
+                    a.contains("application/json") && !a.contains("text/event-stream")
+                }));
     let events = core.query.ask(AskParams {
         search: p,
         request_id,
@@ -465,10 +557,15 @@ async fn ask(
                         "upstream_timeout" => StatusCode::GATEWAY_TIMEOUT,
                         "upstream_rate_limited" => StatusCode::TOO_MANY_REQUESTS,
                         "collection_not_found" => StatusCode::NOT_FOUND,
+                        "embedder_mismatch" => StatusCode::CONFLICT,
                         "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
                         _ => StatusCode::BAD_GATEWAY,
                     };
-                    return Ok((status, Json(json!({"error": {"code": code, "message": message}}))).into_response());
+                    return Ok((
+                        status,
+                        Json(json!({"error": {"code": code, "message": message}})),
+                    )
+                        .into_response());
                 }
             }
         }

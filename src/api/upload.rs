@@ -53,12 +53,22 @@ fn extract_error(name: &str, e: ExtractError) -> ApiError {
     let msg = format!("{name}: {e}");
     match e {
         ExtractError::Empty => ApiError::bad_request("empty_file", msg),
-        ExtractError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", msg),
-        ExtractError::Unsupported(_) => {
-            ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", msg)
+        ExtractError::TooLarge { .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", msg)
         }
-        ExtractError::InvalidUtf8 => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_utf8", msg),
-        _ => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_document", msg),
+        ExtractError::Unsupported(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            msg,
+        ),
+        ExtractError::InvalidUtf8 => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_utf8", msg)
+        }
+        _ => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_document",
+            msg,
+        ),
     }
 }
 
@@ -67,7 +77,10 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(status, "file_too_large", e.body_text())
     } else {
-        ApiError::bad_request("malformed_multipart", format!("malformed multipart body: {}", e.body_text()))
+        ApiError::bad_request(
+            "malformed_multipart",
+            format!("malformed multipart body: {}", e.body_text()),
+        )
     }
 }
 
@@ -103,7 +116,8 @@ async fn read_tail(path: &std::path::Path, n: u64) -> std::io::Result<Vec<u8>> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let mut f = tokio::fs::File::open(path).await?;
     let len = f.metadata().await?.len();
-    f.seek(std::io::SeekFrom::Start(len.saturating_sub(n))).await?;
+    f.seek(std::io::SeekFrom::Start(len.saturating_sub(n)))
+        .await?;
     let mut buf = Vec::new();
     f.read_to_end(&mut buf).await?;
     Ok(buf)
@@ -144,7 +158,10 @@ pub async fn upload(
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "expected_multipart",
-            format!("expected a multipart/form-data body with `file` parts: {}", e.body_text()),
+            format!(
+                "expected a multipart/form-data body with `file` parts: {}",
+                e.body_text()
+            ),
         )
     })?;
     let limit = core.config.limits.max_upload_bytes;
@@ -166,7 +183,9 @@ pub async fn upload(
         let declared = field.content_type().map(str::to_string);
         let tmp = core.temp_path();
         cleanup.0.push(tmp.clone());
-        let mut file = tokio::fs::File::create(&tmp).await.map_err(ApiError::internal)?;
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(ApiError::internal)?;
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
         let mut head: Vec<u8> = Vec::with_capacity(1024);
@@ -238,7 +257,16 @@ mod tests {
     fn filenames_with_paths_or_controls_are_rejected() {
         assert!(valid_filename("report.pdf").is_ok());
         assert!(valid_filename("ünïcode name (1).md").is_ok());
-        for bad in ["", "  ", "../etc/passwd", "a/b.txt", "a\\b.txt", "bad\nname.txt", "nul\0.txt", ".."] {
+        for bad in [
+            "",
+            "  ",
+            "../etc/passwd",
+            "a/b.txt",
+            "a\\b.txt",
+            "bad\nname.txt",
+            "nul\0.txt",
+            "..",
+        ] {
             let e = valid_filename(bad).unwrap_err();
             assert_eq!(e.code, "invalid_filename", "{bad:?}");
         }

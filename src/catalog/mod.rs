@@ -31,14 +31,18 @@ const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
 
 async fn migrate(pool: &SqlitePool) -> Result<()> {
     let mut conn = pool.acquire().await?;
-    let have: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *conn).await?;
+    let have: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *conn)
+        .await?;
     if have > MIGRATIONS.len() as i64 {
         return Err(CatalogError::TooNew(have));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(have as usize) {
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         sqlx::raw_sql(sql).execute(&mut *tx).await?;
-        sqlx::raw_sql(&format!("PRAGMA user_version = {}", i + 1)).execute(&mut *tx).await?;
+        sqlx::raw_sql(&format!("PRAGMA user_version = {}", i + 1))
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
     }
     Ok(())
@@ -146,9 +150,14 @@ pub struct JobRow {
 
 pub enum NewUpload {
     /// The same bytes are already in the collection.
-    Existing(DocumentView),
+    Existing(Box<DocumentView>),
     /// A new document or a new version was registered, with its job.
-    Created { doc_id: String, version: i64, job_id: String, created_document: bool },
+    Created {
+        doc_id: String,
+        version: i64,
+        job_id: String,
+        created_document: bool,
+    },
 }
 
 impl Catalog {
@@ -174,7 +183,12 @@ impl Catalog {
     // ---- collections ----
 
     /// Create the collection if missing. Returns (embed_model, dim) as recorded.
-    pub async fn ensure_collection(&self, name: &str, model: &str, dim: usize) -> Result<(String, usize)> {
+    pub async fn ensure_collection(
+        &self,
+        name: &str,
+        model: &str,
+        dim: usize,
+    ) -> Result<(String, usize)> {
         sqlx::query(
             "INSERT INTO collections (name, embed_model, dim, index_version, created_at) VALUES (?, ?, ?, 0, ?)
              ON CONFLICT(name) DO NOTHING",
@@ -193,7 +207,11 @@ impl Catalog {
     }
 
     pub async fn collection(&self, name: &str) -> Result<Option<CollectionInfo>> {
-        Ok(self.collections().await?.into_iter().find(|c| c.name == name))
+        Ok(self
+            .collections()
+            .await?
+            .into_iter()
+            .find(|c| c.name == name))
     }
 
     pub async fn collections(&self) -> Result<Vec<CollectionInfo>> {
@@ -258,14 +276,16 @@ impl Catalog {
             let sql = format!("{} WHERE d.id = ?", Self::DOC_SELECT);
             let view = sqlx::query(&sql).bind(&id).fetch_one(&mut *tx).await?;
             tx.commit().await?;
-            return Ok(NewUpload::Existing(Self::doc_view(&view)));
+            return Ok(NewUpload::Existing(Box::new(Self::doc_view(&view))));
         }
         let now = now_ms();
-        let existing = sqlx::query("SELECT id, latest_version FROM documents WHERE collection = ? AND name = ?")
-            .bind(collection)
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let existing = sqlx::query(
+            "SELECT id, latest_version FROM documents WHERE collection = ? AND name = ?",
+        )
+        .bind(collection)
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
         let (doc_id, version, created) = match existing {
             Some(r) => (r.get::<String, _>(0), r.get::<i64, _>(1) + 1, false),
             None => (new_doc_id.to_string(), 1, true),
@@ -362,18 +382,30 @@ impl Catalog {
 
     pub async fn document(&self, id: &str) -> Result<Option<DocumentView>> {
         let sql = format!("{} WHERE d.id = ?", Self::DOC_SELECT);
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.as_ref().map(Self::doc_view))
     }
 
     pub async fn documents(&self, collection: &str) -> Result<Vec<DocumentView>> {
-        let sql = format!("{} WHERE d.collection = ? ORDER BY d.name", Self::DOC_SELECT);
-        let rows = sqlx::query(&sql).bind(collection).fetch_all(&self.pool).await?;
+        let sql = format!(
+            "{} WHERE d.collection = ? ORDER BY d.name",
+            Self::DOC_SELECT
+        );
+        let rows = sqlx::query(&sql)
+            .bind(collection)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.iter().map(Self::doc_view).collect())
     }
 
     /// Names of documents by id, for decorating search hits.
-    pub async fn document_names(&self, ids: &[String]) -> Result<std::collections::HashMap<String, String>> {
+    pub async fn document_names(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, String>> {
         let mut out = std::collections::HashMap::new();
         for id in ids {
             if out.contains_key(id) {
@@ -403,9 +435,18 @@ impl Catalog {
         };
         let collection: String = row.get(0);
         let versions = Self::versions_where(&mut tx, "doc_id = ?", id).await?;
-        sqlx::query("DELETE FROM jobs WHERE doc_id = ?").bind(id).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM versions WHERE doc_id = ?").bind(id).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM documents WHERE id = ?").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM jobs WHERE doc_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM versions WHERE doc_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM documents WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         for v in &versions {
             sqlx::query("INSERT OR IGNORE INTO pending_deletes (version_key, collection, created_at) VALUES (?, ?, ?)")
                 .bind(v.key())
@@ -544,9 +585,11 @@ impl Catalog {
 
     /// Jobs that were queued or running when the process stopped, oldest first.
     pub async fn unfinished_jobs(&self) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT id FROM jobs WHERE status IN ('queued','running') ORDER BY created_at")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id FROM jobs WHERE status IN ('queued','running') ORDER BY created_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
@@ -564,7 +607,10 @@ impl Catalog {
         .bind(id)
         .execute(&self.pool)
         .await?;
-        let r = sqlx::query("SELECT attempts FROM jobs WHERE id = ?").bind(id).fetch_one(&self.pool).await?;
+        let r = sqlx::query("SELECT attempts FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(r.get(0))
     }
 
@@ -581,14 +627,21 @@ impl Catalog {
     }
 
     /// Record what extraction found (media type, pages).
-    pub async fn version_extracted(&self, job_id: &str, media_type: &str, pages: Option<i64>) -> Result<()> {
-        sqlx::query("UPDATE versions SET media_type = ?, pages = ?, updated_at = ? WHERE job_id = ?")
-            .bind(media_type)
-            .bind(pages)
-            .bind(now_ms())
-            .bind(job_id)
-            .execute(&self.pool)
-            .await?;
+    pub async fn version_extracted(
+        &self,
+        job_id: &str,
+        media_type: &str,
+        pages: Option<i64>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE versions SET media_type = ?, pages = ?, updated_at = ? WHERE job_id = ?",
+        )
+        .bind(media_type)
+        .bind(pages)
+        .bind(now_ms())
+        .bind(job_id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -601,19 +654,26 @@ impl Catalog {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE versions SET status = 'failed', error = ?, updated_at = ? WHERE job_id = ?")
-            .bind(error)
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE versions SET status = 'failed', error = ?, updated_at = ? WHERE job_id = ?",
+        )
+        .bind(error)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Make the job's version live in one transaction: the previous live version is retired
     /// (its points are deleted afterwards). Returns (collection, new key, retired key).
-    pub async fn activate(&self, job_id: &str, chunks: i64, tokens: i64) -> Result<(String, String, Option<String>)> {
+    pub async fn activate(
+        &self,
+        job_id: &str,
+        chunks: i64,
+        tokens: i64,
+    ) -> Result<(String, String, Option<String>)> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
@@ -692,42 +752,81 @@ mod tests {
     #[tokio::test]
     async fn dedup_versions_and_atomic_activation() {
         let (_d, c) = open().await;
-        let NewUpload::Created { doc_id, version, job_id, created_document } =
-            c.register_upload("c", "a.txt", "h1", 10, "d1", "j1").await.unwrap()
+        let NewUpload::Created {
+            doc_id,
+            version,
+            job_id,
+            created_document,
+        } = c
+            .register_upload("c", "a.txt", "h1", 10, "d1", "j1")
+            .await
+            .unwrap()
         else {
             panic!("expected a new document")
         };
-        assert_eq!((doc_id.as_str(), version, created_document), ("d1", 1, true));
+        assert_eq!(
+            (doc_id.as_str(), version, created_document),
+            ("d1", 1, true)
+        );
         // Same bytes: the existing document.
-        match c.register_upload("c", "other-name.txt", "h1", 10, "d2", "j2").await.unwrap() {
+        match c
+            .register_upload("c", "other-name.txt", "h1", 10, "d2", "j2")
+            .await
+            .unwrap()
+        {
             NewUpload::Existing(v) => assert_eq!(v.id, "d1"),
             _ => panic!("duplicate bytes made a new document"),
         }
-        assert_eq!(c.hidden_version_keys().await.unwrap(), vec![("c".into(), "d1@1".into())]);
+        assert_eq!(
+            c.hidden_version_keys().await.unwrap(),
+            vec![("c".into(), "d1@1".into())]
+        );
         c.job_started(&job_id).await.unwrap();
         let (_, key, retired) = c.activate(&job_id, 3, 30).await.unwrap();
         assert_eq!((key.as_str(), retired), ("d1@1", None));
         assert!(c.hidden_version_keys().await.unwrap().is_empty());
 
         // New bytes, same name: version 2 of the same document, hidden until activated.
-        let NewUpload::Created { doc_id, version, job_id, created_document } =
-            c.register_upload("c", "a.txt", "h2", 12, "d3", "j3").await.unwrap()
+        let NewUpload::Created {
+            doc_id,
+            version,
+            job_id,
+            created_document,
+        } = c
+            .register_upload("c", "a.txt", "h2", 12, "d3", "j3")
+            .await
+            .unwrap()
         else {
             panic!()
         };
-        assert_eq!((doc_id.as_str(), version, created_document), ("d1", 2, false));
+        assert_eq!(
+            (doc_id.as_str(), version, created_document),
+            ("d1", 2, false)
+        );
         let view = c.document("d1").await.unwrap().unwrap();
-        assert_eq!((view.status.as_str(), view.live_version, view.chunks), ("processing", Some(1), Some(3)));
-        assert_eq!(c.hidden_version_keys().await.unwrap(), vec![("c".into(), "d1@2".into())]);
+        assert_eq!(
+            (view.status.as_str(), view.live_version, view.chunks),
+            ("processing", Some(1), Some(3))
+        );
+        assert_eq!(
+            c.hidden_version_keys().await.unwrap(),
+            vec![("c".into(), "d1@2".into())]
+        );
         let (_, key, retired) = c.activate(&job_id, 5, 50).await.unwrap();
         assert_eq!((key.as_str(), retired.as_deref()), ("d1@2", Some("d1@1")));
-        assert_eq!(c.pending_deletes().await.unwrap(), vec![("c".into(), "d1@1".into())]);
+        assert_eq!(
+            c.pending_deletes().await.unwrap(),
+            vec![("c".into(), "d1@1".into())]
+        );
         c.deletion_done("d1@1").await.unwrap();
         assert!(c.pending_deletes().await.unwrap().is_empty());
 
         let (coll, versions) = c.delete_document("d1").await.unwrap().unwrap();
         assert_eq!((coll.as_str(), versions.len()), ("c", 1));
-        assert_eq!(c.pending_deletes().await.unwrap(), vec![("c".into(), "d1@2".into())]);
+        assert_eq!(
+            c.pending_deletes().await.unwrap(),
+            vec![("c".into(), "d1@2".into())]
+        );
         assert!(c.document("d1").await.unwrap().is_none());
         assert!(c.delete_document("d1").await.unwrap().is_none());
     }

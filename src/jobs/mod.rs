@@ -168,7 +168,9 @@ impl Ingestor {
                 }
                 Err(e) => tracing::error!(error = %e, key, "could not record deletion"),
             },
-            Err(e) => tracing::error!(error = %e, key, "could not delete points (retried at restart)"),
+            Err(e) => {
+                tracing::error!(error = %e, key, "could not delete points (retried at restart)")
+            }
         }
     }
 
@@ -200,7 +202,8 @@ impl Ingestor {
             Ok(Some(j)) if j.status == "queued" || j.status == "running" => j,
             _ => return,
         };
-        let span = tracing::info_span!("ingest", job_id, doc_id = %job.doc_id, version = job.version);
+        let span =
+            tracing::info_span!("ingest", job_id, doc_id = %job.doc_id, version = job.version);
         let _enter = span.enter();
         drop(_enter);
         let attempts = match self.catalog.job_started(job_id).await {
@@ -340,7 +343,8 @@ impl Ingestor {
             }
             Err(e) => return Err(e.into()),
         };
-        self.visibility.swap(&collection, &new_key, retired.as_deref());
+        self.visibility
+            .swap(&collection, &new_key, retired.as_deref());
         self.emit(job_id).await;
         if let Some(old) = retired {
             self.purge(&collection, &old).await;

@@ -132,7 +132,11 @@ impl LocalEmbedder {
 
         let device = Device::Cpu;
         let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &device)
+            VarBuilder::from_mmaped_safetensors(
+                &[dir.join("model.safetensors")],
+                DType::F32,
+                &device,
+            )
         }
         .map_err(|e| inf(&e))?;
         let bert = BertModel::load(vb, &cfg).map_err(|e| inf(&e))?;

@@ -73,7 +73,8 @@ pub fn parse_retry_after(v: &str) -> Option<f64> {
         return Some(s);
     }
     let t = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    let secs = (t.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds() as f64 / 1000.0;
+    let secs =
+        (t.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds() as f64 / 1000.0;
     Some(secs.max(0.0))
 }
 
@@ -99,8 +100,16 @@ impl Client {
         })
     }
 
-    async fn post(&self, path: &str, body: &serde_json::Value, deadline: Duration) -> Result<reqwest::Response> {
-        let mut req = self.http.post(format!("{}{}", self.base_url, path)).json(body);
+    async fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        deadline: Duration,
+    ) -> Result<reqwest::Response> {
+        let mut req = self
+            .http
+            .post(format!("{}{}", self.base_url, path))
+            .json(body);
         if let Some(k) = &self.api_key {
             req = req.bearer_auth(k);
         }
@@ -118,7 +127,9 @@ impl Client {
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
-            return Err(ModelError::RateLimited { retry_after_secs: ra });
+            return Err(ModelError::RateLimited {
+                retry_after_secs: ra,
+            });
         }
         if !(200..300).contains(&status) {
             let text = tokio::time::timeout(Duration::from_secs(5), resp.text())
@@ -174,12 +185,19 @@ impl OpenAiChat {
 
 /// Parse one SSE `data:` payload of a chat completion stream.
 fn parse_chunk(data: &str) -> Result<Vec<ChatDelta>> {
-    let v: serde_json::Value =
-        serde_json::from_str(data).map_err(|_| ModelError::Malformed(format!("not JSON: {}", data.chars().take(80).collect::<String>())))?;
+    let v: serde_json::Value = serde_json::from_str(data).map_err(|_| {
+        ModelError::Malformed(format!(
+            "not JSON: {}",
+            data.chars().take(80).collect::<String>()
+        ))
+    })?;
     if let Some(err) = v.get("error") {
         return Err(ModelError::Upstream {
             status: 500,
-            message: err["message"].as_str().unwrap_or("error in stream").to_string(),
+            message: err["message"]
+                .as_str()
+                .unwrap_or("error in stream")
+                .to_string(),
         });
     }
     let mut out = Vec::new();
@@ -281,7 +299,9 @@ impl ChatModel for OpenAiChat {
                         return Err(ModelError::Timeout("total"));
                     }
                     let first_deadline = attempt_start + policy.first_token.min(left);
-                    let resp = client.post("/chat/completions", &body, policy.first_token.min(left)).await?;
+                    let resp = client
+                        .post("/chat/completions", &body, policy.first_token.min(left))
+                        .await?;
                     let mut s = sse_deltas(resp, policy.idle, deadline);
                     // Wait for the first text (usage-only items may come first).
                     let mut pending = Vec::new();
@@ -292,7 +312,9 @@ impl ChatModel for OpenAiChat {
                             Ok(None) => return Ok((pending, s)),
                             Ok(Some(Err(e))) => {
                                 return Err(match e {
-                                    ModelError::Timeout("idle") => ModelError::Timeout("first token"),
+                                    ModelError::Timeout("idle") => {
+                                        ModelError::Timeout("first token")
+                                    }
                                     e => e,
                                 })
                             }
@@ -404,7 +426,10 @@ mod tests {
         for attempt in 0..10 {
             for _ in 0..200 {
                 let d = p.backoff(attempt);
-                let bound = p.backoff_base.saturating_mul(1 << attempt).min(p.backoff_cap);
+                let bound = p
+                    .backoff_base
+                    .saturating_mul(1 << attempt)
+                    .min(p.backoff_cap);
                 assert!(d <= bound, "attempt {attempt}: {d:?} > {bound:?}");
             }
         }
@@ -413,13 +438,23 @@ mod tests {
     #[test]
     fn retry_after_over_the_cap_fails_fast() {
         let p = Policy::default();
-        let long = ModelError::RateLimited { retry_after_secs: Some(600.0) };
+        let long = ModelError::RateLimited {
+            retry_after_secs: Some(600.0),
+        };
         assert_eq!(p.wait_before_retry(&long, 0), None);
-        let short = ModelError::RateLimited { retry_after_secs: Some(2.0) };
+        let short = ModelError::RateLimited {
+            retry_after_secs: Some(2.0),
+        };
         assert_eq!(p.wait_before_retry(&short, 0), Some(Duration::from_secs(2)));
-        let bad_request = ModelError::Upstream { status: 400, message: String::new() };
+        let bad_request = ModelError::Upstream {
+            status: 400,
+            message: String::new(),
+        };
         assert_eq!(p.wait_before_retry(&bad_request, 0), None);
-        let unavailable = ModelError::Upstream { status: 503, message: String::new() };
+        let unavailable = ModelError::Upstream {
+            status: 503,
+            message: String::new(),
+        };
         assert!(p.wait_before_retry(&unavailable, 0).is_some());
         assert_eq!(p.wait_before_retry(&unavailable, p.max_retries), None);
     }
@@ -441,9 +476,16 @@ mod tests {
             vec![ChatDelta::Text("Hi".into())]
         );
         assert_eq!(
-            parse_chunk(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#).unwrap(),
-            vec![ChatDelta::Usage(Usage { prompt_tokens: 3, completion_tokens: 2 })]
+            parse_chunk(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#)
+                .unwrap(),
+            vec![ChatDelta::Usage(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 2
+            })]
         );
-        assert!(matches!(parse_chunk("{oops"), Err(ModelError::Malformed(_))));
+        assert!(matches!(
+            parse_chunk("{oops"),
+            Err(ModelError::Malformed(_))
+        ));
     }
 }

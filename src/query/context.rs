@@ -163,7 +163,14 @@ pub fn pack(hits: Vec<Source>, budget: usize) -> (Vec<Source>, Manifest) {
 mod tests {
     use super::*;
 
-    fn src(id: &str, key: &str, ord: u32, range: (usize, usize), text: &str, tokens: u32) -> Source {
+    fn src(
+        id: &str,
+        key: &str,
+        ord: u32,
+        range: (usize, usize),
+        text: &str,
+        tokens: u32,
+    ) -> Source {
         Source {
             n: 0,
             chunk_id: id.into(),
@@ -187,18 +194,32 @@ mod tests {
         // b overlaps a by "delta epsilon" (bytes 17..28).
         let b = src("b", "d@1", 1, (17, doc.len()), &doc[17..], 7);
         let dup = src("dup", "x@1", 0, (0, 28), &doc[0..28], 5);
-        let big = src("big", "y@1", 3, (0, 10), "other words entirely here now", 10_000);
+        let big = src(
+            "big",
+            "y@1",
+            3,
+            (0, 10),
+            "other words entirely here now",
+            10_000,
+        );
         let (out, m) = pack(vec![a, b, dup, big], 200);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].text, doc, "merged without repeating the overlap");
-        assert_eq!(m.included[0].chunk_ids, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(
+            m.included[0].chunk_ids,
+            vec!["a".to_string(), "b".to_string()]
+        );
         let reasons: Vec<(&str, &str)> = m
             .dropped
             .iter()
             .map(|d| (d.chunk_id.as_str(), d.reason.as_str()))
             .collect();
-        assert!(reasons.iter().any(|(id, r)| *id == "dup" && r.contains("near-duplicate")));
-        assert!(reasons.iter().any(|(id, r)| *id == "big" && r.contains("budget")));
+        assert!(reasons
+            .iter()
+            .any(|(id, r)| *id == "dup" && r.contains("near-duplicate")));
+        assert!(reasons
+            .iter()
+            .any(|(id, r)| *id == "big" && r.contains("budget")));
         assert!(m.used_tokens <= 200);
     }
 

@@ -14,13 +14,13 @@ const MAX_WINDOW_WORDS: usize = 90;
 const STOPWORDS: &[&str] = &[
     "a", "an", "the", "and", "or", "but", "if", "of", "to", "in", "on", "at", "by", "for", "with",
     "from", "as", "is", "are", "was", "were", "be", "been", "being", "it", "its", "this", "that",
-    "these", "those", "what", "which", "who", "whom", "whose", "when", "where", "why", "how",
-    "do", "does", "did", "doing", "can", "could", "should", "would", "will", "shall", "may",
-    "might", "must", "i", "you", "he", "she", "we", "they", "me", "my", "your", "our", "their",
-    "there", "here", "than", "then", "so", "such", "into", "about", "over", "under", "any",
-    "all", "some", "no", "not", "only", "own", "same", "too", "very", "s", "t", "just", "also",
-    "has", "have", "had", "having", "am", "up", "out", "one", "get", "use", "used", "using",
-    "tell", "give", "name", "called", "value", "python", "kind",
+    "these", "those", "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "do",
+    "does", "did", "doing", "can", "could", "should", "would", "will", "shall", "may", "might",
+    "must", "i", "you", "he", "she", "we", "they", "me", "my", "your", "our", "their", "there",
+    "here", "than", "then", "so", "such", "into", "about", "over", "under", "any", "all", "some",
+    "no", "not", "only", "own", "same", "too", "very", "s", "t", "just", "also", "has", "have",
+    "had", "having", "am", "up", "out", "one", "get", "use", "used", "using", "tell", "give",
+    "name", "called", "value", "python", "kind",
 ];
 
 fn words(text: &str) -> Vec<String> {
@@ -53,7 +53,11 @@ fn terms(question: &str) -> Vec<String> {
 fn sentences(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     for line in text.split('\n') {
-        let line = line.trim().trim_start_matches('#').trim_start_matches("- ").trim();
+        let line = line
+            .trim()
+            .trim_start_matches('#')
+            .trim_start_matches("- ")
+            .trim();
         if line.is_empty() {
             continue;
         }
@@ -64,7 +68,9 @@ fn sentences(text: &str) -> Vec<String> {
                 let next = chars.get(i + 1).map(|x| x.1);
                 let after = chars.get(i + 2).map(|x| x.1);
                 let boundary = next == Some(' ')
-                    && after.is_some_and(|a| a.is_uppercase() || a.is_ascii_digit() || a == '"' || a == '(');
+                    && after.is_some_and(|a| {
+                        a.is_uppercase() || a.is_ascii_digit() || a == '"' || a == '('
+                    });
                 if boundary {
                     let end = pos + c.len_utf8();
                     out.push(line[start..end].trim().to_string());
@@ -177,7 +183,10 @@ pub fn answer(question: &str, sources: &[Source]) -> String {
         p.source != best.source && p.score >= best.score * 0.85 && p.coverage >= MIN_COVERAGE
     }) {
         if !best.text.contains(&second.text) && !second.text.contains(&best.text) {
-            out.push_str(&format!("\n\n{} [{}]", second.text, sources[second.source].n));
+            out.push_str(&format!(
+                "\n\n{} [{}]",
+                second.text, sources[second.source].n
+            ));
         }
     }
     out
@@ -246,7 +255,10 @@ mod tests {
                  9 is slowest and produces the most compression. The default is 9.",
             ),
         ];
-        let a = answer("What compression level does gzip.GzipFile use by default?", &sources);
+        let a = answer(
+            "What compression level does gzip.GzipFile use by default?",
+            &sources,
+        );
         assert!(a.contains("The default is 9."), "{a}");
         assert!(a.contains("[2]"), "{a}");
         assert!(!is_decline(&a));
@@ -254,8 +266,14 @@ mod tests {
 
     #[test]
     fn declines_when_nothing_covers_the_question() {
-        let sources = vec![src(1, "The gzip module provides a simple interface to compress files.")];
-        let a = answer("Does the server support SAML single sign-on with Okta?", &sources);
+        let sources = vec![src(
+            1,
+            "The gzip module provides a simple interface to compress files.",
+        )];
+        let a = answer(
+            "Does the server support SAML single sign-on with Okta?",
+            &sources,
+        );
         assert_eq!(a, DECLINE);
         assert!(is_decline(&a));
         assert_eq!(answer("what is it?", &[]), DECLINE);
@@ -263,8 +281,18 @@ mod tests {
 
     #[test]
     fn sentences_split_on_boundaries_not_decimals() {
-        let s = sentences("# Title\nVersion 3.8 changed it. The default is 9. e.g. this stays\n- item one");
-        assert_eq!(s, vec!["Title", "Version 3.8 changed it.", "The default is 9. e.g. this stays", "item one"]);
+        let s = sentences(
+            "# Title\nVersion 3.8 changed it. The default is 9. e.g. this stays\n- item one",
+        );
+        assert_eq!(
+            s,
+            vec![
+                "Title",
+                "Version 3.8 changed it.",
+                "The default is 9. e.g. this stays",
+                "item one"
+            ]
+        );
     }
 
     #[test]

@@ -19,6 +19,12 @@ use std::time::Instant;
 pub enum QueryError {
     #[error("collection `{0}` does not exist")]
     NoCollection(String),
+    #[error("collection `{collection}` was built with `{have}`; this server embeds with `{want}`")]
+    EmbedderMismatch {
+        collection: String,
+        have: String,
+        want: String,
+    },
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
@@ -31,6 +37,7 @@ impl QueryError {
     pub fn code(&self) -> &'static str {
         match self {
             QueryError::NoCollection(_) => "collection_not_found",
+            QueryError::EmbedderMismatch { .. } => "embedder_mismatch",
             QueryError::Model(m) => m.code(),
             QueryError::Store(_) => "store_error",
             QueryError::Catalog(_) => "internal_error",
@@ -221,8 +228,17 @@ impl QueryEngine {
 
     /// Ranked chunks for a query, as sources numbered from 1.
     pub async fn search(&self, p: &SearchParams) -> Result<Vec<Source>, QueryError> {
-        if self.catalog.collection(&p.collection).await?.is_none() {
+        let Some(info) = self.catalog.collection(&p.collection).await? else {
             return Err(QueryError::NoCollection(p.collection.clone()));
+        };
+        // Vectors of another model would be silent garbage: refuse.
+        let want = self.embedder.model_id();
+        if info.embed_model != want {
+            return Err(QueryError::EmbedderMismatch {
+                collection: p.collection.clone(),
+                have: info.embed_model,
+                want,
+            });
         }
         let dense = if p.mode == SearchMode::Sparse {
             None
@@ -384,7 +400,10 @@ mod tests {
 
     #[test]
     fn citations_are_parsed_and_bounded() {
-        assert_eq!(citations_in("A [1] and B [3][2], C [1, 2] D [9] [x]", 3), vec![1, 3, 2]);
+        assert_eq!(
+            citations_in("A [1] and B [3][2], C [1, 2] D [9] [x]", 3),
+            vec![1, 3, 2]
+        );
         assert_eq!(citations_in("no cites", 3), Vec::<usize>::new());
     }
 

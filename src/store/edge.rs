@@ -45,7 +45,10 @@ fn jp(key: &str) -> JsonPath {
 }
 
 fn any_of(key: &str, vals: &[String]) -> Condition {
-    Condition::Field(FieldCondition::new_match(jp(key), Match::from(vals.to_vec())))
+    Condition::Field(FieldCondition::new_match(
+        jp(key),
+        Match::from(vals.to_vec()),
+    ))
 }
 
 fn eq(key: &str, val: &str) -> Filter {
@@ -87,7 +90,10 @@ impl EdgeStore {
 
     fn config(dim: usize) -> EdgeConfig {
         EdgeConfig::builder()
-            .vector(DENSE, EdgeVectorParams::builder(dim, Distance::Cosine).build())
+            .vector(
+                DENSE,
+                EdgeVectorParams::builder(dim, Distance::Cosine).build(),
+            )
             .sparse_vector(
                 SPARSE,
                 EdgeSparseVectorParams::builder()
@@ -176,7 +182,8 @@ impl VectorStore for EdgeStore {
         let spec2 = spec.clone();
         let shard = blocking(move || EdgeStore::open_blocking(&root, &spec2)).await?;
         let mut map = self.shards.write().unwrap();
-        map.entry(spec.name.clone()).or_insert_with(|| Arc::new(shard));
+        map.entry(spec.name.clone())
+            .or_insert_with(|| Arc::new(shard));
         Ok(())
     }
 
@@ -201,9 +208,9 @@ impl VectorStore for EdgeStore {
             let _w = shard.write.lock().unwrap();
             shard
                 .shard
-                .update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
-                    PointInsertOperations::PointsList(batch),
-                )))
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::UpsertPoints(PointInsertOperations::PointsList(batch)),
+                ))
                 .map_err(err)?;
             shard.shard.flush();
             Ok(())
@@ -268,8 +275,11 @@ impl VectorStore for EdgeStore {
                         filter: None,
                         score_threshold: None,
                     };
-                    let pfs: Vec<Prefetch> =
-                        [dense_q(), sparse_q()].into_iter().flatten().map(pf).collect();
+                    let pfs: Vec<Prefetch> = [dense_q(), sparse_q()]
+                        .into_iter()
+                        .flatten()
+                        .map(pf)
+                        .collect();
                     match pfs.len() {
                         0 => (None, vec![]),
                         // One retriever has nothing to say (e.g. only stopwords): use the other.
@@ -346,7 +356,13 @@ impl VectorStore for EdgeStore {
     }
 
     async fn close(&self) {
-        let shards: Vec<Arc<Shard>> = self.shards.write().unwrap().drain().map(|(_, s)| s).collect();
+        let shards: Vec<Arc<Shard>> = self
+            .shards
+            .write()
+            .unwrap()
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
         let _ = tokio::task::spawn_blocking(move || {
             for s in shards {
                 let _w = s.write.lock().unwrap();

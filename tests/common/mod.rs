@@ -32,7 +32,10 @@ pub fn fixture(name: &str) -> Vec<u8> {
         .unwrap_or_else(|| root().join("test-artifacts/fixtures"));
     let p = dir.join(name);
     std::fs::read(&p).unwrap_or_else(|e| {
-        panic!("fixture {} missing ({e}); run scripts/test-fixtures.sh", p.display())
+        panic!(
+            "fixture {} missing ({e}); run scripts/test-fixtures.sh",
+            p.display()
+        )
     })
 }
 
@@ -62,7 +65,10 @@ impl Server {
     pub fn start_with(env: &[(&str, &str)]) -> Server {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut s = Server {
             base: String::new(),
             data_dir: data,
@@ -82,7 +88,10 @@ impl Server {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .env("KB_MODELS_DIR", models_dir())
-            .env("KB_LOG", std::env::var("KB_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "KB_LOG",
+                std::env::var("KB_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .current_dir(self.data_dir.parent().unwrap())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -139,6 +148,16 @@ impl Server {
         }
     }
 
+    /// Restart on the same data dir with another environment.
+    pub fn restart_with(&mut self, env: &[(&str, &str)]) {
+        self.stop();
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.spawn();
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
@@ -168,11 +187,20 @@ impl Server {
     }
 
     pub fn delete(&self, path: &str) -> u16 {
-        Self::client().delete(self.url(path)).send().unwrap().status().as_u16()
+        Self::client()
+            .delete(self.url(path))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
     }
 
     pub fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
-        let r = Self::client().post(self.url(path)).json(body).send().unwrap();
+        let r = Self::client()
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().unwrap_or(Value::Null))
     }
@@ -181,7 +209,8 @@ impl Server {
     pub fn upload(&self, collection: &str, files: &[(&str, Vec<u8>)]) -> (u16, Value) {
         let mut form = reqwest::blocking::multipart::Form::new();
         for (name, bytes) in files {
-            let part = reqwest::blocking::multipart::Part::bytes(bytes.clone()).file_name(name.to_string());
+            let part = reqwest::blocking::multipart::Part::bytes(bytes.clone())
+                .file_name(name.to_string());
             form = form.part("file", part);
         }
         let r = Self::client()
@@ -203,7 +232,10 @@ impl Server {
             if st == "done" || st == "failed" {
                 return job;
             }
-            assert!(Instant::now() < deadline, "job {job_id} did not finish: {job}");
+            assert!(
+                Instant::now() < deadline,
+                "job {job_id} did not finish: {job}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -253,7 +285,10 @@ pub fn parse_sse(text: &str) -> Vec<(String, Value)> {
             }
         }
         if !data.is_empty() {
-            out.push((event, serde_json::from_str(&data).unwrap_or(Value::String(data))));
+            out.push((
+                event,
+                serde_json::from_str(&data).unwrap_or(Value::String(data)),
+            ));
         }
     }
     out
