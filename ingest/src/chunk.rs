@@ -68,6 +68,37 @@ fn segments(text: &str, target: usize) -> impl Iterator<Item = (usize, &str)> {
     })
 }
 
+/// Text handed to the splitter at a time.
+const BLOCK_BYTES: usize = 16 * 1024;
+
+/// Cut `text` into blocks of at most about `target` bytes, at the best boundary in the last
+/// quarter of each block: a Markdown heading (when `markdown`), else a blank line, else a line
+/// end, else whitespace.
+fn blocks(text: &str, target: usize, markdown: bool) -> Vec<(usize, &str)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + target).min(text.len());
+        if end < text.len() {
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let lo = start + target * 3 / 4;
+            let window = &text[start..end];
+            let cut = |pat: &str| window.rfind(pat).map(|i| start + i + 1).filter(|&c| c > lo);
+            let heading = if markdown { cut("\n#") } else { None };
+            end = heading
+                .or_else(|| cut("\n\n"))
+                .or_else(|| cut("\n"))
+                .or_else(|| cut(" "))
+                .unwrap_or(end);
+        }
+        out.push((start, &text[start..end]));
+        start = end;
+    }
+    out
+}
+
 #[derive(Debug, Clone)]
 pub struct ChunkConfig {
     /// Largest chunk, in tokens of the counter (excluding any special tokens the embedder adds).
@@ -133,22 +164,32 @@ pub fn chunk(doc: &ExtractedDoc, cfg: &ChunkConfig, counter: &dyn TokenCounter) 
     };
     let max = cfg.max_tokens.max(8);
     let overlap = cfg.overlap_tokens.min(max / 2);
-    let pieces: Vec<(usize, usize)> = {
-        let config = text_splitter::ChunkConfig::new(max)
+    // The splitter's cost grows faster than linearly with the text it is given, so it is fed
+    // blocks of bounded size, cut at structural boundaries (headings, blank lines).
+    let markdown = matches!(doc.media_type, MediaType::Markdown | MediaType::Html);
+    let config = || {
+        text_splitter::ChunkConfig::new(max)
             .with_overlap(overlap)
             .expect("overlap below capacity")
-            .with_sizer(&sizer);
-        match doc.media_type {
-            MediaType::Markdown | MediaType::Html => MarkdownSplitter::new(config)
-                .chunk_indices(text)
-                .map(|(o, s)| (o, o + s.len()))
-                .collect(),
-            MediaType::Text | MediaType::Pdf => TextSplitter::new(config)
-                .chunk_indices(text)
-                .map(|(o, s)| (o, o + s.len()))
-                .collect(),
-        }
+            .with_sizer(&sizer)
     };
+    let md_splitter = MarkdownSplitter::new(config());
+    let txt_splitter = TextSplitter::new(config());
+    let mut pieces: Vec<(usize, usize)> = Vec::new();
+    for (base, block) in blocks(text, BLOCK_BYTES, markdown) {
+        let found: Vec<(usize, usize)> = if markdown {
+            md_splitter
+                .chunk_indices(block)
+                .map(|(o, s)| (base + o, base + o + s.len()))
+                .collect()
+        } else {
+            txt_splitter
+                .chunk_indices(block)
+                .map(|(o, s)| (base + o, base + o + s.len()))
+                .collect()
+        };
+        pieces.extend(found);
+    }
     pieces
         .into_iter()
         .filter(|&(a, b)| text[a..b].chars().any(|c| c.is_alphanumeric()))
@@ -271,6 +312,24 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].content_hash.len(), 64);
+    }
+
+    #[test]
+    fn blocks_cover_text_and_cut_at_headings() {
+        let text = "# A\n\npara one.\n\n## B\n\npara two is here.\n".repeat(2000);
+        let bs = blocks(&text, 1000, true);
+        assert!(bs.len() > 10);
+        let mut expect = 0;
+        for (base, b) in &bs {
+            assert_eq!(*base, expect);
+            assert!(b.len() <= 1000);
+            expect += b.len();
+        }
+        assert_eq!(expect, text.len());
+        assert!(
+            bs[1..].iter().all(|(_, b)| b.starts_with('#')),
+            "cut at headings"
+        );
     }
 
     #[test]
