@@ -347,6 +347,8 @@ mod tests {
     #[allow(clippy::result_large_err)]
     fn layers_apply_in_order_and_unknown_keys_fail() {
         Jail::expect_with(|jail| {
+            // Only what this test sets (the test runner may have KB_TEST_* of its own).
+            jail.clear_env();
             jail.create_file(
                 "kb.toml",
                 "data_dir = \"/from/file\"\n[retrieval]\ntop_k = 5\n[llm]\napi_key = \"sk-secret\"\n",
