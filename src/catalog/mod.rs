@@ -176,6 +176,13 @@ impl Catalog {
         Ok(Catalog { pool })
     }
 
+    /// A write transaction that takes the write lock up front (`BEGIN IMMEDIATE`): a deferred
+    /// transaction that reads first and writes later fails with SQLITE_BUSY_SNAPSHOT when
+    /// another connection wrote in between, and busy_timeout cannot retry that.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -260,7 +267,7 @@ impl Catalog {
         new_doc_id: &str,
         new_job_id: &str,
     ) -> Result<NewUpload> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         // Same bytes already present (and not failed or retired) in this collection?
         let dup = sqlx::query(
             "SELECT v.doc_id FROM versions v JOIN documents d ON d.id = v.doc_id
@@ -425,7 +432,7 @@ impl Catalog {
     /// Remove a document and its versions and jobs from the catalog. Returns the version keys
     /// whose points must be deleted, or None if the document does not exist.
     pub async fn delete_document(&self, id: &str) -> Result<Option<(String, Vec<VersionRow>)>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let Some(row) = sqlx::query("SELECT collection FROM documents WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -647,7 +654,7 @@ impl Catalog {
 
     pub async fn job_failed(&self, id: &str, error: &str) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE jobs SET status = 'failed', error = ?, updated_at = ? WHERE id = ?")
             .bind(error)
             .bind(now)
@@ -675,7 +682,7 @@ impl Catalog {
         tokens: i64,
     ) -> Result<(String, String, Option<String>)> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let r = sqlx::query(
             "SELECT v.doc_id, v.version, d.live_version, d.collection FROM versions v JOIN documents d ON d.id = v.doc_id
              WHERE v.job_id = ?",
