@@ -330,6 +330,9 @@ impl Ingestor {
             self.progress(job_id, "embed", done, total).await;
         }
         self.mark_dirty(&job.collection);
+        // Durable before it goes live. A crash before this point re-runs the job from the top,
+        // so the batches above need no flush of their own.
+        self.store.flush(&job.collection).await?;
 
         // Go live: catalog first, then the visibility swap, then retire the old version.
         let (collection, new_key, retired) = match self

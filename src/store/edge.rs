@@ -211,7 +211,15 @@ impl VectorStore for EdgeStore {
                 .update(UpdateOperation::PointOperation(
                     PointOperations::UpsertPoints(PointInsertOperations::PointsList(batch)),
                 ))
-                .map_err(err)?;
+                .map_err(err)
+        })
+        .await
+    }
+
+    async fn flush(&self, collection: &str) -> Result<()> {
+        let shard = self.get(collection)?;
+        blocking(move || {
+            let _w = shard.write.lock().unwrap();
             shard.shard.flush();
             Ok(())
         })

@@ -115,8 +115,10 @@ pub struct SearchHit {
 pub trait VectorStore: Send + Sync {
     /// Create or open a collection; a dimension or model mismatch is an error.
     async fn ensure_collection(&self, spec: &CollectionSpec) -> Result<()>;
-    /// Upsert points durably: when this returns, they survive a crash.
+    /// Upsert points. They are searchable at once, but durable only after [`flush`].
     async fn upsert(&self, collection: &str, points: Vec<Point>) -> Result<()>;
+    /// Make everything written so far survive a crash.
+    async fn flush(&self, collection: &str) -> Result<()>;
     /// Delete every point of a document version.
     async fn delete_version(&self, collection: &str, version_key: &str) -> Result<()>;
     async fn search(&self, query: &SearchQuery) -> Result<Vec<SearchHit>>;
