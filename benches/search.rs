@@ -419,6 +419,7 @@ impl Synth {
                 ord,
                 text,
                 token_count: (WORDS_PER_CHUNK * 4 / 3) as u32,
+                gen_token_count: None,
                 // Half the documents are "PDFs" with pages, all have heading paths.
                 page: doc.is_multiple_of(2).then_some(ord / 3 + 1),
                 heading: Some(format!(

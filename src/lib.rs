@@ -186,7 +186,7 @@ impl Core {
             config.limits.max_pages.to_string(),
         ];
         let metrics = Arc::new(metrics::Metrics::default());
-        let ingestor = Arc::new(Ingestor::new(
+        let mut ingestor = Ingestor::new(
             catalog.clone(),
             store.clone(),
             embedder.clone(),
@@ -202,7 +202,10 @@ impl Core {
             (exe, pdf_args),
             config.embedding.batch_size,
             config.jobs.max_attempts,
-        ));
+        );
+        ingestor.gen_counter =
+            models::generation_counter(&config.llm.provider, config.llm.model.as_deref());
+        let ingestor = Arc::new(ingestor);
         let queue = ingestor.start(config.jobs.workers);
         let requeued = ingestor.recover(&queue).await?;
         if requeued > 0 {

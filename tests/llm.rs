@@ -166,6 +166,13 @@ fn upstream_faults_are_handled_by_the_rules() {
     assert_eq!(done["usage"]["completion_tokens"], 12);
     assert_eq!(ev[0].1["model"], "fake-model");
     assert_eq!(ev.iter().filter(|(e, _)| e == "token").count(), 3);
+    // The context budget counted the source in the generating model's tokenizer (tiktoken;
+    // cl100k_base for a model name it does not know), counted once at ingestion.
+    let source_text = ev[1].1[0]["text"].as_str().unwrap();
+    let bpe = tiktoken_rs::cl100k_base_singleton()
+        .encode_ordinary(source_text)
+        .len();
+    assert_eq!(done["context"]["included"][0]["tokens"], bpe, "{done}");
     // The prompt numbered the sources and carried the question; the key was sent, streaming on.
     let req = fake.requests.lock().unwrap()[0].clone();
     let user = req["messages"][1]["content"].as_str().unwrap();

@@ -30,6 +30,8 @@ pub struct Ingestor {
     pub batch_size: usize,
     pub max_attempts: u32,
     pub events: broadcast::Sender<JobRow>,
+    /// Counts chunk tokens for generation budgets (the chat model's tokenizer), if known.
+    pub gen_counter: Option<Arc<dyn kb_ingest::TokenCounter + Send + Sync>>,
     /// Collections written to, and when: the optimiser waits for quiet.
     dirty: Mutex<HashMap<String, Instant>>,
 }
@@ -118,6 +120,7 @@ impl Ingestor {
             batch_size,
             max_attempts,
             events,
+            gen_counter: None,
             dirty: Mutex::new(HashMap::new()),
         }
     }
@@ -314,6 +317,7 @@ impl Ingestor {
                         ord: c.ord,
                         text: c.text.clone(),
                         token_count: c.token_count,
+                        gen_token_count: self.gen_counter.as_ref().map(|g| g.count(&c.text) as u32),
                         page: c.page,
                         heading: c.heading.clone(),
                         byte_start: c.byte_start,

@@ -117,6 +117,49 @@ pub trait ChatModel: Send + Sync {
     async fn stream(&self, req: ChatRequest) -> Result<BoxStream<'static, Result<ChatDelta>>>;
 }
 
+/// Counts tokens with an OpenAI BPE (tiktoken): generation budgets use the generating model's
+/// own tokenizer. Models tiktoken does not know (Ollama, vLLM...) are counted with cl100k_base,
+/// an approximation.
+pub struct BpeCounter(&'static tiktoken_rs::CoreBPE);
+
+impl BpeCounter {
+    pub fn for_model(model: &str) -> BpeCounter {
+        BpeCounter(
+            tiktoken_rs::bpe_for_model(model)
+                .unwrap_or_else(|_| tiktoken_rs::cl100k_base_singleton()),
+        )
+    }
+}
+
+impl kb_ingest::TokenCounter for BpeCounter {
+    fn token_offsets(&self, text: &str) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        if let Ok(pieces) = self.0.split_by_token_ordinary(text) {
+            for p in pieces {
+                out.push((pos, pos + p.len()));
+                pos += p.len();
+            }
+        }
+        out
+    }
+
+    fn count(&self, text: &str) -> usize {
+        self.0.encode_ordinary(text).len()
+    }
+}
+
+/// The counter for generation budgets: the chat model's tokenizer when kb knows it.
+pub fn generation_counter(
+    provider: &str,
+    model: Option<&str>,
+) -> Option<Arc<dyn kb_ingest::TokenCounter + Send + Sync>> {
+    match (provider, model) {
+        ("openai", Some(m)) => Some(Arc::new(BpeCounter::for_model(m))),
+        _ => None,
+    }
+}
+
 /// Counts tokens roughly (about four bytes per token) where no tokenizer is known.
 pub struct ApproxCounter;
 
@@ -154,5 +197,25 @@ impl kb_ingest::TokenCounter for ApproxCounter {
             push(s, text.len(), &mut out);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kb_ingest::TokenCounter;
+
+    #[test]
+    fn bpe_counts_with_the_models_tokenizer() {
+        let c = BpeCounter::for_model("gpt-4o");
+        assert_eq!(c.count("hello world"), 2);
+        let text = "Retrieval-augmented generation, with citations [1].";
+        let offs = c.token_offsets(text);
+        assert_eq!(offs.len(), c.count(text));
+        assert_eq!(offs.last().unwrap().1, text.len());
+        // Unknown (self-hosted) model names fall back to cl100k_base rather than failing.
+        assert!(BpeCounter::for_model("qwen2.5:7b").count("hello world") >= 2);
+        assert!(generation_counter("extractive", None).is_none());
+        assert!(generation_counter("openai", Some("gpt-4o-mini")).is_some());
     }
 }

@@ -283,7 +283,8 @@ impl QueryEngine {
                 heading: h.payload.heading,
                 score: h.score,
                 text: h.payload.text,
-                token_count: h.payload.token_count,
+                // Budgets count in the generating model's tokens when known.
+                token_count: h.payload.gen_token_count.unwrap_or(h.payload.token_count),
                 ord: h.payload.ord,
                 version_key: h.payload.version_key,
                 byte_range: (h.payload.byte_start, h.payload.byte_end),

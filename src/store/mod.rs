@@ -63,7 +63,11 @@ pub struct ChunkPayload {
     pub version_key: String,
     pub ord: u32,
     pub text: String,
+    /// Tokens in the embedder's tokenizer.
     pub token_count: u32,
+    /// Tokens in the generating model's tokenizer, when one was configured at ingestion.
+    #[serde(default)]
+    pub gen_token_count: Option<u32>,
     pub page: Option<u32>,
     pub heading: Option<String>,
     pub byte_start: usize,
