@@ -188,8 +188,8 @@ pub struct LimitsConfig {
     pub max_upload_bytes: u64,
     pub max_files_per_request: usize,
     pub max_pages: usize,
-    pub pdf_timeout_secs: u64,
-    pub pdf_memory_mb: u64,
+    pub extract_timeout_secs: u64,
+    pub extract_memory_mb: u64,
     pub max_question_chars: usize,
 }
 
@@ -199,8 +199,8 @@ impl Default for LimitsConfig {
             max_upload_bytes: 104_857_600,
             max_files_per_request: 100,
             max_pages: 5_000,
-            pdf_timeout_secs: 120,
-            pdf_memory_mb: 2048,
+            extract_timeout_secs: 120,
+            extract_memory_mb: 2048,
             max_question_chars: 4_000,
         }
     }
@@ -331,8 +331,8 @@ impl Config {
         kb_ingest::Limits {
             max_bytes: self.limits.max_upload_bytes as usize,
             max_pages: self.limits.max_pages,
-            max_time: std::time::Duration::from_secs(self.limits.pdf_timeout_secs),
-            max_memory_bytes: self.limits.pdf_memory_mb * 1024 * 1024,
+            max_time: std::time::Duration::from_secs(self.limits.extract_timeout_secs),
+            max_memory_bytes: self.limits.extract_memory_mb * 1024 * 1024,
             ..kb_ingest::Limits::default()
         }
     }

@@ -181,7 +181,7 @@ impl Core {
         };
         let exe = std::env::current_exe().context("locating the kb binary")?;
         let pdf_args = vec![
-            "__extract-pdf".to_string(),
+            "__extract".to_string(),
             "--max-pages".to_string(),
             config.limits.max_pages.to_string(),
         ];

@@ -77,9 +77,12 @@ enum Cmd {
     },
     /// Print the effective configuration (secrets masked).
     Config,
-    /// Internal: extract a PDF from stdin in an isolated child process.
-    #[command(name = "__extract-pdf", hide = true)]
-    ExtractPdf {
+    /// Internal: extract a document from stdin in an isolated child process.
+    #[command(name = "__extract", hide = true)]
+    Extract {
+        /// The document's name (breaks the Markdown / plain text tie).
+        #[arg(long, default_value = "")]
+        name: String,
         #[arg(long, default_value_t = 5000)]
         max_pages: usize,
     },
@@ -115,8 +118,8 @@ fn init_tracing(cfg: &Config, quiet: bool) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The PDF child runs before anything else: no runtime, no config, no logging.
-    if let Cmd::ExtractPdf { max_pages } = cli.cmd {
-        return ExitCode::from(kb_ingest::pdf::child_main(max_pages) as u8);
+    if let Cmd::Extract { name, max_pages } = &cli.cmd {
+        return ExitCode::from(kb_ingest::pdf::child_main(name, *max_pages) as u8);
     }
     let addr = match &cli.cmd {
         Cmd::Serve { addr } => addr.clone(),
@@ -178,7 +181,7 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<ExitCode> {
             remote,
             json,
         } => search(cfg, &query, &collection, top_k, mode, remote.server, json).await,
-        Cmd::ExtractPdf { .. } => unreachable!(),
+        Cmd::Extract { .. } => unreachable!(),
     }
 }
 

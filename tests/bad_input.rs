@@ -207,9 +207,12 @@ fn bad_uploads_and_requests_are_rejected_cleanly() {
 }
 
 #[test]
-fn hostile_pdfs_fail_their_document_not_the_server() {
-    // A small memory limit for the extractor makes the decompression bomb trip it quickly.
-    let s = Server::start_with(&[("KB_LIMITS__PDF_MEMORY_MB", "256")]);
+fn hostile_documents_fail_their_document_not_the_server() {
+    // Small limits for the extractor make the bombs trip them quickly.
+    let s = Server::start_with(&[
+        ("KB_LIMITS__EXTRACT_MEMORY_MB", "256"),
+        ("KB_LIMITS__EXTRACT_TIMEOUT_SECS", "3"),
+    ]);
 
     // Sanity: the hand-built PDF format is right (a text page extracts).
     let ok = pdf_with_content(
@@ -238,7 +241,14 @@ fn hostile_pdfs_fail_their_document_not_the_server() {
     };
     assert!(bomb.len() < 4 << 20);
 
+    // HTML nested so deep that the parser crawls (minutes): stopped at the deadline.
+    let nested = format!(
+        "<html><body>{}deep{}</body></html>",
+        "<div>".repeat(200_000),
+        "</div>".repeat(200_000)
+    );
     for (name, bytes, expect) in [
+        ("nested.html", nested.into_bytes(), "took longer than"),
         ("scan.pdf", scan, "no text layer"),
         ("corrupt.pdf", corrupt, "could not be read"),
         ("bomb.pdf", bomb, "resource limits"),

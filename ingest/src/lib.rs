@@ -102,7 +102,7 @@ impl ExtractedDoc {
     }
 }
 
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ExtractError {
     #[error("the file is empty")]
     Empty,
@@ -118,18 +118,20 @@ pub enum ExtractError {
     TooManyPages { pages: usize, limit: usize },
     #[error("the PDF could not be read: {0}")]
     Pdf(String),
-    #[error("PDF extraction took longer than {0:?} and was stopped")]
+    #[error("extraction took longer than {0:?} and was stopped")]
     Timeout(Duration),
-    #[error("PDF extraction exceeded its resource limits ({0})")]
+    #[error("extraction exceeded its resource limits ({0})")]
     ResourceLimit(String),
+    #[error("extraction failed: {0}")]
+    Extractor(String),
     #[error("the extracted text is larger than the limit of {0} bytes")]
     TextTooLarge(usize),
 }
 
 /// Extract text from `bytes`, sniffing the real type from the content.
 ///
-/// PDFs are parsed in this process: callers that may see hostile PDFs use
-/// [`pdf::extract_isolated`] and [`from_pdf_pages`] instead (kb does).
+/// This parses in the calling process: callers that may see hostile input use
+/// [`pdf::extract_isolated`] instead (kb does).
 pub fn extract(
     bytes: &[u8],
     filename: &str,

@@ -1,26 +1,25 @@
-//! PDF text extraction, page by page, and its isolation in a child process.
+//! PDF text extraction, page by page, and the isolation of all extraction in a child process.
 //!
 //! `pdf-extract` panics on many corrupt files, can inflate a small file into gigabytes and can
 //! spin for minutes on pathological content streams; an allocation failure aborts the whole
-//! process, which `catch_unwind` cannot stop. So kb never parses an untrusted PDF in its own
-//! process: [`extract_isolated`] starts a child (kb's own binary with a hidden subcommand that
-//! calls [`child_main`]) under an address-space limit, a CPU-time limit and a wall-clock
-//! deadline, and reads the pages back over a pipe.
+//! process, which `catch_unwind` cannot stop. HTML parsing slows to a crawl on deeply nested
+//! input. So kb never parses an upload in its own process: [`extract_isolated`] starts a child
+//! (kb's own binary with a hidden subcommand that calls [`child_main`]) under an address-space
+//! limit, a CPU-time limit and a wall-clock deadline, and reads the document back over a pipe.
 
-use crate::{ExtractError, Limits};
+use crate::{ExtractError, ExtractedDoc, Limits};
 use std::io::{Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const RESULT_MARKER: &[u8] = b"\n--KB-PDF-RESULT--\n";
+const RESULT_MARKER: &[u8] = b"\n--KB-EXTRACT-RESULT--\n";
 
 #[derive(serde::Serialize, serde::Deserialize)]
 enum ChildResult {
-    Pages(Vec<String>),
-    TooManyPages { pages: usize, limit: usize },
-    Error(String),
+    Doc(ExtractedDoc),
+    Failed(ExtractError),
 }
 
 /// Extract the text of every page, in this process. A page that fails or panics yields an
@@ -83,24 +82,23 @@ fn short(s: &str) -> String {
     }
 }
 
-/// Entry point of the extraction child: PDF bytes on stdin, result on stdout. Returns the
-/// process exit code.
-pub fn child_main(max_pages: usize) -> i32 {
+/// Entry point of the extraction child: the document's bytes on stdin, the extracted document
+/// on stdout. `name` only breaks the Markdown/plain-text tie. Returns the process exit code.
+pub fn child_main(name: &str, max_pages: usize) -> i32 {
     // Panics are caught per page; keep their messages off stderr.
     std::panic::set_hook(Box::new(|_| {}));
     let mut bytes = Vec::new();
     if std::io::stdin().read_to_end(&mut bytes).is_err() {
         return 2;
     }
-    let result = match extract_pages(&bytes, max_pages) {
-        Ok(pages) => ChildResult::Pages(pages),
-        Err(ExtractError::TooManyPages { pages, limit }) => {
-            ChildResult::TooManyPages { pages, limit }
-        }
-        Err(e) => ChildResult::Error(match e {
-            ExtractError::Pdf(m) => m,
-            other => other.to_string(),
-        }),
+    let limits = Limits {
+        max_pages,
+        max_bytes: usize::MAX,
+        ..Limits::default()
+    };
+    let result = match crate::extract(&bytes, name, None, &limits) {
+        Ok(doc) => ChildResult::Doc(doc),
+        Err(e) => ChildResult::Failed(e),
     };
     let mut out = std::io::stdout().lock();
     let body = serde_json::to_vec(&result).expect("serialise pages");
@@ -111,13 +109,13 @@ pub fn child_main(max_pages: usize) -> i32 {
     0
 }
 
-/// Run PDF extraction in a child process: `program args...` must call [`child_main`].
+/// Run extraction in a child process: `program args...` must call [`child_main`].
 pub fn extract_isolated(
     program: &Path,
     args: &[String],
     bytes: &[u8],
     limits: &Limits,
-) -> Result<Vec<String>, ExtractError> {
+) -> Result<ExtractedDoc, ExtractError> {
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(Stdio::piped())
@@ -155,7 +153,7 @@ pub fn extract_isolated(
     }
     let mut child = cmd
         .spawn()
-        .map_err(|e| ExtractError::Pdf(format!("could not start the extractor: {e}")))?;
+        .map_err(|e| ExtractError::Extractor(format!("could not start the extractor: {e}")))?;
 
     let mut stdin = child.stdin.take().expect("piped stdin");
     let input = bytes.to_vec();
@@ -182,7 +180,11 @@ pub fn extract_isolated(
                 return Err(ExtractError::Timeout(limits.max_time));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(ExtractError::Pdf(format!("extractor wait failed: {e}"))),
+            Err(e) => {
+                return Err(ExtractError::Extractor(format!(
+                    "extractor wait failed: {e}"
+                )))
+            }
         }
     };
     let _ = writer.join();
@@ -200,26 +202,23 @@ pub fn extract_isolated(
                     libc::SIGABRT | libc::SIGSEGV | libc::SIGBUS => ExtractError::ResourceLimit(
                         format!("memory over {} MiB", mem / (1024 * 1024)),
                     ),
-                    s => ExtractError::Pdf(format!("the extractor died with signal {s}")),
+                    s => ExtractError::Extractor(format!("the extractor died with signal {s}")),
                 });
             }
         }
-        return Err(ExtractError::Pdf(format!(
+        return Err(ExtractError::Extractor(format!(
             "the extractor failed ({status})"
         )));
     }
     let pos = buf
         .windows(RESULT_MARKER.len())
         .rposition(|w| w == RESULT_MARKER)
-        .ok_or_else(|| ExtractError::Pdf("the extractor returned no result".into()))?;
+        .ok_or_else(|| ExtractError::Extractor("the extractor returned no result".into()))?;
     let result: ChildResult = serde_json::from_slice(&buf[pos + RESULT_MARKER.len()..])
-        .map_err(|_| ExtractError::Pdf("the extractor returned a malformed result".into()))?;
+        .map_err(|_| ExtractError::Extractor("the extractor returned a malformed result".into()))?;
     match result {
-        ChildResult::Pages(p) => Ok(p),
-        ChildResult::TooManyPages { pages, limit } => {
-            Err(ExtractError::TooManyPages { pages, limit })
-        }
-        ChildResult::Error(m) => Err(ExtractError::Pdf(m)),
+        ChildResult::Doc(d) => Ok(d),
+        ChildResult::Failed(e) => Err(e),
     }
 }
 
@@ -243,7 +242,7 @@ mod tests {
             &Limits::default(),
         )
         .unwrap_err();
-        assert!(matches!(err, ExtractError::Pdf(_)), "{err:?}");
+        assert!(matches!(err, ExtractError::Extractor(_)), "{err:?}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::catalog::{Catalog, JobRow};
 use crate::models::{Embedder, Priority};
 use crate::query::Visibility;
 use crate::store::{ChunkPayload, CollectionSpec, Point, VectorStore};
-use kb_ingest::{ChunkConfig, ExtractError, Limits, MediaType};
+use kb_ingest::{ChunkConfig, ExtractError, Limits};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -25,8 +25,8 @@ pub struct Ingestor {
     pub blobs: Blobs,
     pub limits: Limits,
     pub chunking: ChunkConfig,
-    /// Program and arguments that run the isolated PDF extractor.
-    pub pdf_extractor: (PathBuf, Vec<String>),
+    /// Program and arguments that run the isolated extractor (all document types).
+    pub extractor: (PathBuf, Vec<String>),
     pub batch_size: usize,
     pub max_attempts: u32,
     pub events: broadcast::Sender<JobRow>,
@@ -103,7 +103,7 @@ impl Ingestor {
         blobs: Blobs,
         limits: Limits,
         chunking: ChunkConfig,
-        pdf_extractor: (PathBuf, Vec<String>),
+        extractor: (PathBuf, Vec<String>),
         batch_size: usize,
         max_attempts: u32,
     ) -> Ingestor {
@@ -116,7 +116,7 @@ impl Ingestor {
             blobs,
             limits,
             chunking,
-            pdf_extractor,
+            extractor,
             batch_size,
             max_attempts,
             events,
@@ -266,17 +266,12 @@ impl Ingestor {
             .await
             .map_err(|e| JobError::Blob(e.to_string()))?;
         let limits = self.limits.clone();
-        let (prog, args) = self.pdf_extractor.clone();
-        let name = job.doc_name.clone();
+        let (prog, mut args) = self.extractor.clone();
+        args.push("--name".into());
+        args.push(job.doc_name.clone());
         let doc = tokio::task::spawn_blocking(move || {
-            let media = kb_ingest::check_and_sniff(&bytes, &name, None, &limits)?;
-            match media {
-                MediaType::Pdf => {
-                    let pages = kb_ingest::pdf::extract_isolated(&prog, &args, &bytes, &limits)?;
-                    kb_ingest::from_pdf_pages(pages, &limits)
-                }
-                other => kb_ingest::extract_text_like(&bytes, other, &limits),
-            }
+            kb_ingest::check_and_sniff(&bytes, "", None, &limits)?;
+            kb_ingest::pdf::extract_isolated(&prog, &args, &bytes, &limits)
         })
         .await
         .map_err(|e| JobError::Internal(e.to_string()))??;
