@@ -505,7 +505,7 @@ impl Catalog {
     pub async fn hidden_version_keys(&self) -> Result<Vec<(String, String)>> {
         let rows = sqlx::query(
             "SELECT d.collection, v.doc_id || '@' || v.version FROM versions v JOIN documents d ON d.id = v.doc_id
-             WHERE v.status <> 'ready'
+             WHERE v.status IN ('queued', 'processing', 'retired')
              UNION ALL SELECT collection, version_key FROM pending_deletes",
         )
         .fetch_all(&self.pool)
@@ -827,6 +827,22 @@ mod tests {
         );
         c.deletion_done("d1@1").await.unwrap();
         assert!(c.pending_deletes().await.unwrap().is_empty());
+
+        // A failed version has no points: it needs no hiding.
+        let NewUpload::Created { job_id, .. } = c
+            .register_upload("c", "b.txt", "h9", 3, "d9", "j9")
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            c.hidden_version_keys().await.unwrap(),
+            vec![("c".into(), "d9@1".into())]
+        );
+        c.job_failed(&job_id, "boom").await.unwrap();
+        assert!(c.hidden_version_keys().await.unwrap().is_empty());
+        assert_eq!(c.document("d9").await.unwrap().unwrap().status, "failed");
 
         let (coll, versions) = c.delete_document("d1").await.unwrap().unwrap();
         assert_eq!((coll.as_str(), versions.len()), ("c", 1));

@@ -242,8 +242,16 @@ impl Ingestor {
             Err(e) => {
                 tracing::warn!(job_id, error = %e, "ingestion failed");
                 let _ = self.catalog.job_failed(job_id, &e.to_string()).await;
-                // An earlier attempt's points of this version must not linger.
-                let _ = self.store.delete_version(&job.collection, &key).await;
+                // Its points must not linger; once they are gone the key need not stay hidden
+                // (the hidden set is a filter on every query: keep it small).
+                if self
+                    .store
+                    .delete_version(&job.collection, &key)
+                    .await
+                    .is_ok()
+                {
+                    self.visibility.show(&job.collection, &key);
+                }
                 self.emit(job_id).await;
             }
         }
