@@ -333,8 +333,12 @@ impl Core {
         Ok(true)
     }
 
-    /// Flush and close the store and the catalog.
+    /// Flush and close the store and the catalog. Jobs still running stay `running` in the
+    /// catalog and resume at the next start.
     pub async fn shutdown(&self) {
+        self.ingestor
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.store.close().await;
         self.catalog.close().await;
     }

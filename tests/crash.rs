@@ -64,3 +64,28 @@ fn killed_mid_ingestion_resumes_to_completion() {
     let hits = s.search("k", "how high is the lighthouse lamp", 1);
     assert!(hits[0]["text"].as_str().unwrap().contains("14 metres"));
 }
+
+#[test]
+fn graceful_stop_mid_ingestion_resumes_instead_of_failing() {
+    let mut s = Server::start();
+    let mut long = String::new();
+    for i in 0..300 {
+        long.push_str(&format!(
+            "Entry {i}. The observatory logged comet sighting number {i} from the east dome.\n\n"
+        ));
+    }
+    let (st, up) = s.upload("g", &[("log.txt", long.into_bytes())]);
+    assert_eq!(st, 202);
+    let job = up["documents"][0]["job_id"].as_str().unwrap().to_string();
+    wait_until("embedding under way", Duration::from_secs(120), || {
+        let (_, j) = s.get(&format!("/v1/jobs/{job}"));
+        assert_ne!(j["status"], "done", "finished before the stop; make the document longer");
+        j["stage"] == "embed" && j["done"].as_i64().unwrap_or(0) > 0
+    });
+    // SIGTERM: the server shuts down while the job runs; the job must not be marked failed.
+    s.restart();
+    let j = s.wait_job(&job);
+    assert_eq!(j["status"], "done", "{j}");
+    let (_, c) = s.get("/v1/collections/g");
+    assert_eq!(c["points"], c["chunks"], "{c}");
+}

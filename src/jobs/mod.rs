@@ -34,6 +34,8 @@ pub struct Ingestor {
     pub gen_counter: Option<Arc<dyn kb_ingest::TokenCounter + Send + Sync>>,
     /// Collections written to, and when: the optimiser waits for quiet.
     dirty: Mutex<HashMap<String, Instant>>,
+    /// Set at shutdown: a job interrupted by it stays `running`, to be resumed at the next start.
+    pub shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// Uploaded bytes, content-addressed, so jobs can be re-run after a crash.
@@ -122,6 +124,7 @@ impl Ingestor {
             events,
             gen_counter: None,
             dirty: Mutex::new(HashMap::new()),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -136,6 +139,9 @@ impl Ingestor {
                 loop {
                     let next = rx.lock().await.recv().await;
                     let Some(id) = next else { return };
+                    if this.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
                     this.run(&id).await;
                 }
             });
@@ -238,6 +244,9 @@ impl Ingestor {
             Err(JobError::Gone) => {
                 tracing::info!(job_id, "document deleted during ingestion");
                 self.store.delete_version(&job.collection, &key).await.ok();
+            }
+            Err(e) if self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) => {
+                tracing::info!(job_id, error = %e, "ingestion interrupted by shutdown; resumes at the next start");
             }
             Err(e) => {
                 tracing::warn!(job_id, error = %e, "ingestion failed");
