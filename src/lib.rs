@@ -276,6 +276,9 @@ impl Core {
             })
             .await
             .map_err(anyhow::Error::from)?;
+        // Blob placement and registration together, so a concurrent blob GC cannot remove the
+        // bytes between the two.
+        let blob_guard = self.ingestor.blob_lock.lock().await;
         self.ingestor
             .blobs
             .put(tmp, hash)
@@ -287,6 +290,7 @@ impl Core {
             .register_upload(collection, name, hash, size as i64, &doc_id, &job_id)
             .await
             .map_err(anyhow::Error::from)?;
+        drop(blob_guard);
         Ok(match r {
             NewUpload::Existing(d) => UploadResult {
                 name: d.name,

@@ -197,19 +197,31 @@ async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
     println!("kb listening on http://{local}");
     let _ = std::io::stdout().flush();
     let core = app.core.clone();
-    axum::serve(listener, app.router)
-        .with_graceful_shutdown(async {
-            let ctrl_c = tokio::signal::ctrl_c();
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("signal handler");
-            tokio::select! {
-                _ = ctrl_c => {},
-                _ = term.recv() => {},
-            }
-            tracing::info!("shutting down");
-        })
-        .await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let mut graceful = stop_rx.clone();
+    let server = axum::serve(listener, app.router).with_graceful_shutdown(async move {
+        let _ = graceful.wait_for(|stop| *stop).await;
+    });
+    // Open streams (a job's progress, a long answer) get a grace period, not a veto.
+    let mut deadline = stop_rx;
+    tokio::select! {
+        r = std::future::IntoFuture::into_future(server) => r?,
+        _ = async move {
+            let _ = deadline.wait_for(|stop| *stop).await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        } => tracing::warn!("streams still open 10 s after the shutdown signal: closing them"),
+    }
     core.shutdown().await;
     tracing::info!("index flushed; bye");
     Ok(ExitCode::SUCCESS)

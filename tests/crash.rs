@@ -79,7 +79,10 @@ fn graceful_stop_mid_ingestion_resumes_instead_of_failing() {
     let job = up["documents"][0]["job_id"].as_str().unwrap().to_string();
     wait_until("embedding under way", Duration::from_secs(120), || {
         let (_, j) = s.get(&format!("/v1/jobs/{job}"));
-        assert_ne!(j["status"], "done", "finished before the stop; make the document longer");
+        assert_ne!(
+            j["status"], "done",
+            "finished before the stop; make the document longer"
+        );
         j["stage"] == "embed" && j["done"].as_i64().unwrap_or(0) > 0
     });
     // SIGTERM: the server shuts down while the job runs; the job must not be marked failed.

@@ -27,6 +27,8 @@ enum Script {
     },
     /// Send `n` pieces, then nothing (connection stays open).
     StallAfter(usize),
+    /// These pieces, then the connection closes: no finish_reason, no [DONE].
+    Truncated(Vec<&'static str>),
     Malformed,
 }
 
@@ -95,6 +97,7 @@ async fn completions(State(fake): State<Arc<Fake>>, body: axum::Json<Value>) -> 
             )
                 .into_response()
         }
+        Script::Truncated(pieces) => sse(pieces.iter().map(|p| piece(p, false)).collect()),
         Script::Malformed => sse(vec!["data: {this is not json\n\n".into()]),
     }
 }
@@ -259,6 +262,14 @@ fn upstream_faults_are_handled_by_the_rules() {
         1,
         "nothing retried after a token reached the client"
     );
+
+    // A stream cut short (no finish_reason, no [DONE]) is an error, not a short answer.
+    script(vec![Script::Truncated(vec!["Twelve ", "lan"])]);
+    let ev = ask(&s);
+    let (name, err) = last(&ev);
+    assert_eq!(name, "error", "{ev:?}");
+    assert_eq!(err["error"]["code"], "upstream_unreachable", "{err}");
+    assert_eq!(requests(), 1, "not retried: tokens had reached the client");
 
     // Garbage in the stream.
     script(vec![Script::Malformed]);

@@ -272,10 +272,11 @@ fn upload_index_search_ask_version_delete() {
 #[test]
 fn job_events_stream_progress_until_done() {
     let s = Server::start();
+    // A name that looks like a flag must reach the extractor as a name.
     let (status, up) = s.upload(
         "ev",
         &[(
-            "notes.txt",
+            "--notes.txt",
             "kb streams job progress as server-sent events. "
                 .repeat(200)
                 .into_bytes(),

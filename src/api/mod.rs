@@ -349,8 +349,20 @@ async fn job_events(
         if done {
             return;
         }
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
-            match rx.recv().await {
+            let next = tokio::select! {
+                r = rx.recv() => r,
+                _ = tick.tick() => {
+                    // A job whose document was deleted sends nothing more: notice, and end.
+                    if matches!(core.catalog.job(&id).await, Ok(None)) {
+                        yield Ok(Event::default().event("deleted").json_data(json!({"id": id, "status": "deleted"})).unwrap());
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match next {
                 Ok(row) if row.id == id => {
                     let end = terminal(&row.status);
                     yield Ok(Event::default().event("progress").json_data(&row).unwrap());

@@ -272,6 +272,7 @@ impl Catalog {
         let dup = sqlx::query(
             "SELECT v.doc_id FROM versions v JOIN documents d ON d.id = v.doc_id
              WHERE d.collection = ? AND v.content_hash = ? AND v.status IN ('queued','processing','ready')
+               AND v.version = d.latest_version
              ORDER BY v.version DESC LIMIT 1",
         )
         .bind(collection)
@@ -669,7 +670,30 @@ impl Catalog {
         .bind(id)
         .execute(&mut *tx)
         .await?;
+        // Whatever an attempt indexed must go, durably: a pending delete survives a crash.
+        sqlx::query(
+            "INSERT OR IGNORE INTO pending_deletes (version_key, collection, created_at)
+             SELECT j.doc_id || '@' || j.version, d.collection, ? FROM jobs j JOIN documents d ON d.id = j.doc_id
+             WHERE j.id = ?",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Record that the points of `key` must be removed (survives a crash until `deletion_done`).
+    pub async fn add_pending_delete(&self, collection: &str, key: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO pending_deletes (version_key, collection, created_at) VALUES (?, ?, ?)",
+        )
+        .bind(key)
+        .bind(collection)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -828,7 +852,7 @@ mod tests {
         c.deletion_done("d1@1").await.unwrap();
         assert!(c.pending_deletes().await.unwrap().is_empty());
 
-        // A failed version has no points: it needs no hiding.
+        // A failed version: hidden only until its points are gone.
         let NewUpload::Created { job_id, .. } = c
             .register_upload("c", "b.txt", "h9", 3, "d9", "j9")
             .await
@@ -841,6 +865,16 @@ mod tests {
             vec![("c".into(), "d9@1".into())]
         );
         c.job_failed(&job_id, "boom").await.unwrap();
+        // Its points (if an attempt wrote any) are pending deletion, durably; hidden till then.
+        assert_eq!(
+            c.pending_deletes().await.unwrap(),
+            vec![("c".into(), "d9@1".into())]
+        );
+        assert_eq!(
+            c.hidden_version_keys().await.unwrap(),
+            vec![("c".into(), "d9@1".into())]
+        );
+        c.deletion_done("d9@1").await.unwrap();
         assert!(c.hidden_version_keys().await.unwrap().is_empty());
         assert_eq!(c.document("d9").await.unwrap().unwrap().status, "failed");
 

@@ -36,6 +36,10 @@ pub struct Ingestor {
     dirty: Mutex<HashMap<String, Instant>>,
     /// Set at shutdown: a job interrupted by it stays `running`, to be resumed at the next start.
     pub shutting_down: std::sync::atomic::AtomicBool,
+    /// Serialises activation (catalog commit + visibility swap).
+    activation: tokio::sync::Mutex<()>,
+    /// Serialises blob placement + registration against blob garbage collection.
+    pub blob_lock: tokio::sync::Mutex<()>,
 }
 
 /// Uploaded bytes, content-addressed, so jobs can be re-run after a crash.
@@ -125,6 +129,8 @@ impl Ingestor {
             gen_counter: None,
             dirty: Mutex::new(HashMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            activation: tokio::sync::Mutex::new(()),
+            blob_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -184,6 +190,7 @@ impl Ingestor {
     }
 
     pub async fn gc_blob(&self, hash: &str) {
+        let _g = self.blob_lock.lock().await;
         if matches!(self.catalog.hash_in_use(hash).await, Ok(false)) {
             self.blobs.remove(hash);
         }
@@ -226,7 +233,9 @@ impl Ingestor {
         self.visibility.hide(&job.collection, &key);
         if attempts as u32 > self.max_attempts {
             let msg = format!("gave up after {} attempts", attempts - 1);
-            let _ = self.catalog.job_failed(job_id, &msg).await;
+            if self.catalog.job_failed(job_id, &msg).await.is_ok() {
+                self.purge(&job.collection, &key).await;
+            }
             self.emit(job_id).await;
             return;
         }
@@ -243,23 +252,30 @@ impl Ingestor {
             }
             Err(JobError::Gone) => {
                 tracing::info!(job_id, "document deleted during ingestion");
-                self.store.delete_version(&job.collection, &key).await.ok();
+                // It may have written a batch after the delete purged: purge again, durably.
+                if self
+                    .catalog
+                    .add_pending_delete(&job.collection, &key)
+                    .await
+                    .is_ok()
+                {
+                    self.purge(&job.collection, &key).await;
+                }
             }
             Err(e) if self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) => {
                 tracing::info!(job_id, error = %e, "ingestion interrupted by shutdown; resumes at the next start");
             }
             Err(e) => {
                 tracing::warn!(job_id, error = %e, "ingestion failed");
-                let _ = self.catalog.job_failed(job_id, &e.to_string()).await;
-                // Its points must not linger; once they are gone the key need not stay hidden
-                // (the hidden set is a filter on every query: keep it small).
+                // Its points must not linger (job_failed records a pending delete; purge
+                // removes them, then the key leaves the hidden set, which filters every query).
                 if self
-                    .store
-                    .delete_version(&job.collection, &key)
+                    .catalog
+                    .job_failed(job_id, &e.to_string())
                     .await
                     .is_ok()
                 {
-                    self.visibility.show(&job.collection, &key);
+                    self.purge(&job.collection, &key).await;
                 }
                 self.emit(job_id).await;
             }
@@ -284,8 +300,8 @@ impl Ingestor {
             .map_err(|e| JobError::Blob(e.to_string()))?;
         let limits = self.limits.clone();
         let (prog, mut args) = self.extractor.clone();
-        args.push("--name".into());
-        args.push(job.doc_name.clone());
+        // One argument, so a name starting with '-' is not taken for a flag.
+        args.push(format!("--name={}", job.doc_name));
         let doc = tokio::task::spawn_blocking(move || {
             kb_ingest::check_and_sniff(&bytes, "", None, &limits)?;
             kb_ingest::pdf::extract_isolated(&prog, &args, &bytes, &limits)
@@ -350,7 +366,9 @@ impl Ingestor {
         // so the batches above need no flush of their own.
         self.store.flush(&job.collection).await?;
 
-        // Go live: catalog first, then the visibility swap, then retire the old version.
+        // Go live: catalog first, then the visibility swap, then retire the old version. One lock
+        // around both, so two versions of a document finishing together swap in commit order.
+        let activation = self.activation.lock().await;
         let (collection, new_key, retired) = match self
             .catalog
             .activate(job_id, total as i64, tokens as i64)
@@ -364,6 +382,7 @@ impl Ingestor {
         };
         self.visibility
             .swap(&collection, &new_key, retired.as_deref());
+        drop(activation);
         self.emit(job_id).await;
         if let Some(old) = retired {
             self.purge(&collection, &old).await;

@@ -183,8 +183,9 @@ impl OpenAiChat {
     }
 }
 
-/// Parse one SSE `data:` payload of a chat completion stream.
-fn parse_chunk(data: &str) -> Result<Vec<ChatDelta>> {
+/// Parse one SSE `data:` payload of a chat completion stream: its deltas, and whether it
+/// carried a `finish_reason` (the answer is complete).
+fn parse_chunk(data: &str) -> Result<(Vec<ChatDelta>, bool)> {
     let v: serde_json::Value = serde_json::from_str(data).map_err(|_| {
         ModelError::Malformed(format!(
             "not JSON: {}",
@@ -200,6 +201,7 @@ fn parse_chunk(data: &str) -> Result<Vec<ChatDelta>> {
                 .to_string(),
         });
     }
+    let finished = v["choices"][0]["finish_reason"].is_string();
     let mut out = Vec::new();
     if let Some(text) = v["choices"][0]["delta"]["content"].as_str() {
         if !text.is_empty() {
@@ -212,34 +214,58 @@ fn parse_chunk(data: &str) -> Result<Vec<ChatDelta>> {
             completion_tokens: u["completion_tokens"].as_u64().unwrap_or(0),
         }));
     }
-    Ok(out)
+    Ok((out, finished))
 }
 
 type DeltaStream = BoxStream<'static, Result<ChatDelta>>;
 
-/// Turn a streaming HTTP body into deltas, enforcing the idle-gap and total deadlines.
-fn sse_deltas(resp: reqwest::Response, idle: Duration, deadline: Instant) -> DeltaStream {
+/// Turn a streaming HTTP body into deltas, enforcing the deadlines: `first_deadline` until the
+/// first data arrives, then the idle gap between data, and `deadline` throughout. A stream that
+/// ends without `[DONE]` or a `finish_reason` was cut short: that is an error, not an answer.
+fn sse_deltas(
+    resp: reqwest::Response,
+    first_deadline: Instant,
+    idle: Duration,
+    deadline: Instant,
+) -> DeltaStream {
     let body = resp.bytes_stream();
     let s = async_stream::stream! {
         let mut body = body;
         let mut buf: Vec<u8> = Vec::new();
+        let mut got_data = false;
+        let mut finished = false;
         loop {
             let now = Instant::now();
             if now >= deadline {
                 yield Err(ModelError::Timeout("total"));
                 return;
             }
-            let wait = idle.min(deadline - now);
+            let wait = if got_data {
+                idle.min(deadline - now)
+            } else {
+                first_deadline.min(deadline).saturating_duration_since(now)
+            };
             let next = match tokio::time::timeout(wait, body.next()).await {
                 Err(_) => {
-                    let kind = if Instant::now() >= deadline { "total" } else { "idle" };
+                    let kind = if Instant::now() >= deadline {
+                        "total"
+                    } else if got_data {
+                        "idle"
+                    } else {
+                        "first token"
+                    };
                     yield Err(ModelError::Timeout(kind));
                     return;
                 }
                 Ok(n) => n,
             };
             match next {
-                None => return,
+                None => {
+                    if !finished {
+                        yield Err(ModelError::Connect("the stream ended before the answer was complete".into()));
+                    }
+                    return;
+                }
                 Some(Err(e)) => {
                     yield Err(ModelError::Connect(format!("stream cut: {e}")));
                     return;
@@ -255,8 +281,12 @@ fn sse_deltas(resp: reqwest::Response, idle: Duration, deadline: Instant) -> Del
                         if data == "[DONE]" {
                             return;
                         }
+                        got_data = true;
                         match parse_chunk(data) {
-                            Ok(ds) => for d in ds { yield Ok(d) },
+                            Ok((ds, fin)) => {
+                                finished |= fin;
+                                for d in ds { yield Ok(d) }
+                            }
                             Err(e) => { yield Err(e); return; }
                         }
                     }
@@ -302,7 +332,7 @@ impl ChatModel for OpenAiChat {
                     let resp = client
                         .post("/chat/completions", &body, policy.first_token.min(left))
                         .await?;
-                    let mut s = sse_deltas(resp, policy.idle, deadline);
+                    let mut s = sse_deltas(resp, first_deadline, policy.idle, deadline);
                     // Wait for the first text (usage-only items may come first).
                     let mut pending = Vec::new();
                     loop {
@@ -310,14 +340,7 @@ impl ChatModel for OpenAiChat {
                         match tokio::time::timeout(wait, s.next()).await {
                             Err(_) => return Err(ModelError::Timeout("first token")),
                             Ok(None) => return Ok((pending, s)),
-                            Ok(Some(Err(e))) => {
-                                return Err(match e {
-                                    ModelError::Timeout("idle") => {
-                                        ModelError::Timeout("first token")
-                                    }
-                                    e => e,
-                                })
-                            }
+                            Ok(Some(Err(e))) => return Err(e),
                             Ok(Some(Ok(d))) => {
                                 let is_text = matches!(d, ChatDelta::Text(_));
                                 pending.push(d);
@@ -372,15 +395,21 @@ impl Embedder for OpenAiEmbedder {
     async fn embed(&self, texts: Vec<String>, _priority: Priority) -> Result<Vec<Vec<f32>>> {
         let n = texts.len();
         let body = serde_json::json!({"model": self.model, "input": texts});
-        let total = self.client.policy.total;
+        // One deadline for the whole call, retries included.
+        let deadline = Instant::now() + self.client.policy.total;
         let v: serde_json::Value = self
             .client
             .with_retries(|| {
                 let body = body.clone();
                 let client = self.client.clone();
                 async move {
-                    let resp = client.post("/embeddings", &body, total).await?;
-                    tokio::time::timeout(total, resp.json::<serde_json::Value>())
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(ModelError::Timeout("total"));
+                    }
+                    let resp = client.post("/embeddings", &body, left).await?;
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    tokio::time::timeout(left, resp.json::<serde_json::Value>())
                         .await
                         .map_err(|_| ModelError::Timeout("total"))?
                         .map_err(|e| ModelError::Malformed(e.to_string()))
@@ -473,15 +502,23 @@ mod tests {
         // No id, no model, no finish_reason: still fine.
         assert_eq!(
             parse_chunk(r#"{"choices":[{"delta":{"content":"Hi"}}]}"#).unwrap(),
-            vec![ChatDelta::Text("Hi".into())]
+            (vec![ChatDelta::Text("Hi".into())], false)
+        );
+        assert!(
+            parse_chunk(r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#)
+                .unwrap()
+                .1
         );
         assert_eq!(
             parse_chunk(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#)
                 .unwrap(),
-            vec![ChatDelta::Usage(Usage {
-                prompt_tokens: 3,
-                completion_tokens: 2
-            })]
+            (
+                vec![ChatDelta::Usage(Usage {
+                    prompt_tokens: 3,
+                    completion_tokens: 2
+                })],
+                false
+            )
         );
         assert!(matches!(
             parse_chunk("{oops"),

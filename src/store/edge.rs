@@ -34,6 +34,9 @@ pub struct EdgeStore {
     root: PathBuf,
     shards: RwLock<HashMap<String, Arc<Shard>>>,
     bm25: Arc<EdgeBm25>,
+    /// Set by `close()`: every later call fails, so nothing (a purge, say) "succeeds" on a
+    /// shard that is no longer there, and no shard is reopened behind the shutdown.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -76,10 +79,19 @@ impl EdgeStore {
             root: root.to_path_buf(),
             shards: RwLock::new(HashMap::new()),
             bm25: Arc::new(bm25),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Backend("the store is closed".into()));
+        }
+        Ok(())
+    }
+
     fn get(&self, collection: &str) -> Result<Arc<Shard>> {
+        self.check_open()?;
         self.shards
             .read()
             .unwrap()
@@ -175,6 +187,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 #[async_trait::async_trait]
 impl VectorStore for EdgeStore {
     async fn ensure_collection(&self, spec: &CollectionSpec) -> Result<()> {
+        self.check_open()?;
         if let Some(_s) = self.shards.read().unwrap().get(&spec.name) {
             return Ok(());
         }
@@ -364,6 +377,7 @@ impl VectorStore for EdgeStore {
     }
 
     async fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         let shards: Vec<Arc<Shard>> = self
             .shards
             .write()
