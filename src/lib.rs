@@ -211,6 +211,11 @@ impl Core {
         if requeued > 0 {
             tracing::info!(requeued, "resuming unfinished ingestion jobs");
         }
+        // Collections written by an earlier process (e.g. `kb ingest`, which exits before the
+        // optimiser's quiet period) get their index built too; optimize() is a no-op when done.
+        for c in catalog.collections().await? {
+            ingestor.mark_dirty(&c.name);
+        }
         ingestor.start_optimizer(std::time::Duration::from_secs(
             config.store.optimize_after_secs,
         ));

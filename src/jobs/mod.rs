@@ -390,7 +390,8 @@ impl Ingestor {
         Ok(total)
     }
 
-    fn mark_dirty(&self, collection: &str) {
+    /// Ask the background optimiser to (re)index this collection once it is quiet.
+    pub fn mark_dirty(&self, collection: &str) {
         self.dirty
             .lock()
             .unwrap()
