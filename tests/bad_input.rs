@@ -248,7 +248,7 @@ fn hostile_documents_fail_their_document_not_the_server() {
         "</div>".repeat(200_000)
     );
     for (name, bytes, expect) in [
-        // Whichever trips first: the wall-clock deadline or the CPU-time limit (both 3 s).
+        // Whichever trips first: the wall-clock deadline, or the CPU-time (3 s) or memory limit.
         (
             "nested.html",
             nested.into_bytes(),
