@@ -252,7 +252,7 @@ fn hostile_documents_fail_their_document_not_the_server() {
         (
             "nested.html",
             nested.into_bytes(),
-            "took longer than|CPU time",
+            "took longer than|resource limits",
         ),
         ("scan.pdf", scan, "no text layer"),
         ("corrupt.pdf", corrupt, "could not be read"),
