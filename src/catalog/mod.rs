@@ -48,6 +48,22 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
     Ok(())
 }
 
+async fn insert_pending_delete(
+    conn: &mut sqlx::SqliteConnection,
+    collection: &str,
+    key: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT OR IGNORE INTO pending_deletes (version_key, collection, created_at) VALUES (?, ?, ?)",
+    )
+    .bind(key)
+    .bind(collection)
+    .bind(now_ms())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -213,33 +229,36 @@ impl Catalog {
         Ok((row.get::<String, _>(0), row.get::<i64, _>(1) as usize))
     }
 
+    const COLLECTION_SELECT: &'static str =
+        "SELECT c.name, c.embed_model, c.dim, c.index_version, c.created_at,
+            (SELECT COUNT(*) FROM documents d WHERE d.collection = c.name)
+         FROM collections c";
+
+    fn collection_info(r: &sqlx::sqlite::SqliteRow) -> CollectionInfo {
+        CollectionInfo {
+            name: r.get(0),
+            embed_model: r.get(1),
+            dim: r.get::<i64, _>(2) as usize,
+            index_version: r.get(3),
+            created_at: iso(r.get(4)),
+            documents: r.get(5),
+        }
+    }
+
+    /// One collection (on every search and ask: a keyed lookup, not a scan of all of them).
     pub async fn collection(&self, name: &str) -> Result<Option<CollectionInfo>> {
-        Ok(self
-            .collections()
-            .await?
-            .into_iter()
-            .find(|c| c.name == name))
+        let sql = format!("{} WHERE c.name = ?", Self::COLLECTION_SELECT);
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(Self::collection_info))
     }
 
     pub async fn collections(&self) -> Result<Vec<CollectionInfo>> {
-        let rows = sqlx::query(
-            "SELECT c.name, c.embed_model, c.dim, c.index_version, c.created_at,
-                    (SELECT COUNT(*) FROM documents d WHERE d.collection = c.name)
-             FROM collections c ORDER BY c.name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| CollectionInfo {
-                name: r.get(0),
-                embed_model: r.get(1),
-                dim: r.get::<i64, _>(2) as usize,
-                index_version: r.get(3),
-                created_at: iso(r.get(4)),
-                documents: r.get(5),
-            })
-            .collect())
+        let sql = format!("{} ORDER BY c.name", Self::COLLECTION_SELECT);
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(Self::collection_info).collect())
     }
 
     /// Chunks of the live versions of a collection's documents.
@@ -456,12 +475,7 @@ impl Catalog {
             .execute(&mut *tx)
             .await?;
         for v in &versions {
-            sqlx::query("INSERT OR IGNORE INTO pending_deletes (version_key, collection, created_at) VALUES (?, ?, ?)")
-                .bind(v.key())
-                .bind(&collection)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await?;
+            insert_pending_delete(&mut tx, &collection, &v.key()).await?;
         }
         sqlx::query("UPDATE collections SET index_version = index_version + 1 WHERE name = ?")
             .bind(&collection)
@@ -686,15 +700,8 @@ impl Catalog {
 
     /// Record that the points of `key` must be removed (survives a crash until `deletion_done`).
     pub async fn add_pending_delete(&self, collection: &str, key: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT OR IGNORE INTO pending_deletes (version_key, collection, created_at) VALUES (?, ?, ?)",
-        )
-        .bind(key)
-        .bind(collection)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        insert_pending_delete(&mut conn, collection, key).await
     }
 
     /// Make the job's version live in one transaction: the previous live version is retired

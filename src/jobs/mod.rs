@@ -218,10 +218,6 @@ impl Ingestor {
             Ok(Some(j)) if j.status == "queued" || j.status == "running" => j,
             _ => return,
         };
-        let span =
-            tracing::info_span!("ingest", job_id, doc_id = %job.doc_id, version = job.version);
-        let _enter = span.enter();
-        drop(_enter);
         let attempts = match self.catalog.job_started(job_id).await {
             Ok(a) => a,
             Err(e) => {

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -329,8 +329,4 @@ pub fn loose(s: &str) -> String {
         }
     }
     out
-}
-
-pub fn path_exists(p: &Path) -> bool {
-    p.exists()
 }
