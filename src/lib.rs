@@ -6,6 +6,7 @@
 pub mod api;
 pub mod catalog;
 pub mod config;
+pub mod eval;
 pub mod jobs;
 pub mod metrics;
 pub mod models;
@@ -242,6 +243,30 @@ impl Core {
             tmp_dir,
             _lock: lock,
         }))
+    }
+
+    /// What produces answers here: the parts that change retrieval and answer quality. Recorded
+    /// with every `kb eval` run and served at `GET /v1/info`.
+    pub fn describe(&self) -> serde_json::Value {
+        let c = &self.config;
+        serde_json::json!({
+            "kb_version": env!("CARGO_PKG_VERSION"),
+            "git_commit": env!("KB_GIT_COMMIT"),
+            "embedder": self.embedder.model_id(),
+            "chunker": {
+                "splitter": "text-splitter 0.33, Markdown-aware for Markdown and HTML",
+                "max_tokens": c.chunking.max_tokens,
+                "overlap_tokens": c.chunking.overlap_tokens,
+            },
+            "retrieval": {
+                "mode": c.retrieval.mode,
+                "top_k": c.retrieval.top_k,
+                "candidates": c.retrieval.candidates,
+                "fusion": "rrf",
+            },
+            "answerer": self.query.model_name(),
+            "prompt_version": query::prompt::PROMPT_VERSION,
+        })
     }
 
     /// A temp file path for an upload in progress.

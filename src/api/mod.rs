@@ -171,6 +171,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/search", post(search))
         .route("/v1/ask", post(ask))
+        .route("/v1/info", get(info))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
@@ -178,6 +179,11 @@ pub fn router(core: Arc<Core>) -> Router {
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .layer(axum::middleware::from_fn_with_state(core.clone(), observe))
         .with_state(core)
+}
+
+/// The build and the settings that shape answers (recorded by `kb eval --server`).
+async fn info(State(core): State<AppState>) -> Json<serde_json::Value> {
+    Json(core.describe())
 }
 
 /// Request id, tracing span, metrics.
