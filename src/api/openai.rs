@@ -213,13 +213,13 @@ fn content_text(content: Option<&Value>, param: &str) -> Result<Option<String>, 
                             format!("`{param}[{j}].text` must be a string"),
                         ))
                     }
-                    (Some(other), _) => return Err(OpenAiError::invalid(
-                        Some(&format!("{param}[{j}].type")),
-                        "unsupported_content",
-                        format!(
-                            "content parts of type `{other}` are not supported; kb reads text only"
-                        ),
-                    )),
+                    (Some(other), _) => {
+                        return Err(OpenAiError::invalid(
+                            Some(&format!("{param}[{j}].type")),
+                            "unsupported_content",
+                            format!("content of type `{other}` is not supported (text only)"),
+                        ))
+                    }
                     (None, _) => {
                         return Err(OpenAiError::invalid(
                             Some(&format!("{param}[{j}]")),
