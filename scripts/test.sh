@@ -33,4 +33,22 @@ fi
 (cd tests/web && npm ci --no-audit --no-fund --silent)
 KB_BIN="$CARGO_TARGET_DIR/debug/kb" KB_MODELS_DIR="$KB_MODELS_DIR" node --test tests/web/
 
+step "OpenAI client tests (the official openai package)"
+# A virtual environment outside the clone, kept between runs like the cargo target directory.
+VENV="${HOME:-/root}/.cache/kb-venv"
+if ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
+  rm -rf "$VENV"
+  if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+    # Debian's python3 needs python3-venv (ensurepip) for this.
+    rm -rf "$VENV"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv >/dev/null \
+      || { $SUDO apt-get update -q >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv >/dev/null; }
+    python3 -m venv "$VENV"
+  fi
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check openai
+KB_BIN="$CARGO_TARGET_DIR/debug/kb" KB_MODELS_DIR="$KB_MODELS_DIR" \
+  "$VENV/bin/python" -m unittest discover -s tests/openai_client -v
+
 step "all done"

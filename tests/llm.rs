@@ -279,3 +279,127 @@ fn upstream_faults_are_handled_by_the_rules() {
     // The server still answers, and the key never shows in the config output.
     assert_eq!(s.get("/healthz").0, 200);
 }
+
+/// The OpenAI-compatible route over the same faults: usage passes through; a failure before the
+/// first token is an HTTP status; a failure mid-stream ends the stream with an error in OpenAI's
+/// shape, then `[DONE]`.
+#[test]
+fn chat_completions_report_upstream_faults() {
+    let (url, fake) = start_fake();
+    let s = Server::start_with(&[
+        ("KB_LLM__PROVIDER", "openai"),
+        ("KB_LLM__MODEL", "fake-model"),
+        ("KB_LLM__BASE_URL", &url),
+        ("KB_LLM__API_KEY", "sk-test-secret"),
+        ("KB_LLM__FIRST_TOKEN_TIMEOUT_SECS", "2"),
+        ("KB_LLM__IDLE_TIMEOUT_SECS", "1"),
+    ]);
+    let (st, up) = s.upload(
+        "llm",
+        &[(
+            "hall.md",
+            b"# Hall\n\nTwelve lanterns hang in the east hall.\n".to_vec(),
+        )],
+    );
+    assert_eq!(st, 202);
+    s.wait_job(up["documents"][0]["job_id"].as_str().unwrap());
+    let script = |items: Vec<Script>| {
+        let mut q = fake.script.lock().unwrap();
+        q.clear();
+        q.extend(items);
+    };
+    let complete = |stream: bool| {
+        let r = Server::client()
+            .post(s.url("/v1/chat/completions"))
+            .json(&json!({
+                "model": "kb/llm",
+                "stream": stream,
+                "stream_options": {"include_usage": true},
+                "messages": [{"role": "user", "content": "How many lanterns hang in the east hall?"}],
+            }))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let data = |body: &str| -> Vec<String> {
+        body.split("\n\n")
+            .filter_map(|b| b.strip_prefix("data: ").map(str::to_string))
+            .collect()
+    };
+
+    // The upstream's usage is the completion's usage, streamed or not.
+    script(vec![Script::Stream {
+        pieces: vec!["Twelve ", "lanterns ", "[1]."],
+        ids: false,
+    }]);
+    let (st, body) = complete(false);
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "Twelve lanterns [1]."
+    );
+    assert_eq!(
+        v["usage"],
+        json!({"prompt_tokens": 321, "completion_tokens": 12, "total_tokens": 333})
+    );
+    assert_eq!(v["kb"]["answerer"], "llm");
+    assert_eq!(v["kb"]["citations"], json!([1]));
+    script(vec![Script::Stream {
+        pieces: vec!["Twelve ", "lanterns ", "[1]."],
+        ids: true,
+    }]);
+    let (st, body) = complete(true);
+    assert_eq!(st, 200, "{body}");
+    let d = data(&body);
+    assert_eq!(d.last().unwrap(), "[DONE]");
+    let usage: Value = serde_json::from_str(&d[d.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["total_tokens"], 333, "{usage}");
+
+    // Refused before any token: an HTTP status, in OpenAI's shape, streamed or not.
+    for stream in [false, true] {
+        script(vec![Script::Status {
+            code: 400,
+            retry_after: None,
+        }]);
+        let (st, body) = complete(stream);
+        assert_eq!(st, 502, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["type"], "server_error", "{v}");
+        assert_eq!(v["error"]["code"], "upstream_error", "{v}");
+        assert!(v["error"]["message"].is_string());
+    }
+    script(vec![Script::Status {
+        code: 429,
+        retry_after: Some("3600"),
+    }]);
+    let (st, body) = complete(true);
+    assert_eq!(st, 429, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "upstream_rate_limited", "{v}");
+
+    // Stalls after two tokens: those arrive, then an error line, then [DONE].
+    script(vec![Script::StallAfter(2)]);
+    let (st, body) = complete(true);
+    assert_eq!(st, 200, "{body}");
+    let d = data(&body);
+    assert_eq!(d.last().unwrap(), "[DONE]", "{body}");
+    let err: Value = serde_json::from_str(&d[d.len() - 2]).unwrap();
+    assert_eq!(err["error"]["code"], "upstream_timeout", "{err}");
+    assert_eq!(err["error"]["type"], "server_error", "{err}");
+    let content: Vec<String> = d[..d.len() - 2]
+        .iter()
+        .map(|c| serde_json::from_str::<Value>(c).unwrap())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .filter(|t| !t.is_empty())
+        .collect();
+    assert_eq!(content, ["part0 ", "part1 "], "{body}");
+    assert!(
+        !body.contains("\"finish_reason\":\"stop\""),
+        "a broken answer does not end as if complete: {body}"
+    );
+}

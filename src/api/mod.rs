@@ -1,6 +1,7 @@
 //! HTTP: routes, extractors, request/response types, SSE encoding. Errors have one JSON shape,
 //! `{"error": {"code", "message"}}`, with the right status; internal details are logged only.
 
+mod openai;
 mod upload;
 mod web;
 
@@ -175,7 +176,8 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
-    api.merge(web::routes())
+    api.merge(openai::routes())
+        .merge(web::routes())
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .layer(axum::middleware::from_fn_with_state(core.clone(), observe))
         .with_state(core)
@@ -519,6 +521,18 @@ fn sse_event(ev: &AskEvent) -> Event {
     .expect("serialisable event")
 }
 
+/// The HTTP status for the code of an `AskEvent::Error` that arrives before a response started.
+fn ask_error_status(code: &str) -> StatusCode {
+    match code {
+        "upstream_timeout" => StatusCode::GATEWAY_TIMEOUT,
+        "upstream_rate_limited" => StatusCode::TOO_MANY_REQUESTS,
+        "collection_not_found" => StatusCode::NOT_FOUND,
+        "embedder_mismatch" => StatusCode::CONFLICT,
+        "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
 async fn ask(
     State(core): State<AppState>,
     axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
@@ -571,14 +585,7 @@ async fn ask(
                     }
                 }
                 AskEvent::Error { code, message } => {
-                    let status = match code.as_str() {
-                        "upstream_timeout" => StatusCode::GATEWAY_TIMEOUT,
-                        "upstream_rate_limited" => StatusCode::TOO_MANY_REQUESTS,
-                        "collection_not_found" => StatusCode::NOT_FOUND,
-                        "embedder_mismatch" => StatusCode::CONFLICT,
-                        "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
-                        _ => StatusCode::BAD_GATEWAY,
-                    };
+                    let status = ask_error_status(&code);
                     return Ok((
                         status,
                         Json(json!({"error": {"code": code, "message": message}})),
