@@ -267,6 +267,7 @@ async fn measure(store: &EdgeStore, queries: &[Query], hidden: &[String]) -> Res
                 mode: case.mode,
                 limit: TOP_K,
                 candidates: CANDIDATES,
+                fusion: Default::default(),
                 doc_ids: case.doc_filter.then(|| q.docs.clone()),
                 hidden: if case.hidden {
                     hidden.to_vec()

@@ -179,6 +179,12 @@ fn eval_scores_like_the_reference_stores_runs_and_flags_regressions() {
         assert!(r["answer"].is_string() && r["declined"].is_boolean(), "{r}");
         assert!(r["verdict"]["correct"].is_boolean());
     }
+    // Both unanswerable items ask about things the documents never name: declined, with why.
+    assert_eq!(hybrid["decline_rate"].as_f64(), Some(1.0), "{stdout}");
+    let fx08 = rows.iter().find(|r| r["id"] == "fx08").unwrap();
+    assert_eq!(fx08["declined"], true, "{fx08}");
+    let unknown = fx08["grounding"]["unknown_terms"].as_array().unwrap();
+    assert!(unknown.iter().any(|t| t == "tidewater"), "{fx08}");
     let fx01 = rows.iter().find(|r| r["id"] == "fx01").unwrap();
     assert!(fx01["retrieved"][0].as_str().unwrap().contains("16:20"));
     assert!(out1.join("report.md").exists());

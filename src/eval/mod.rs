@@ -41,6 +41,8 @@ pub struct Answer {
     pub total_ms: f64,
     pub first_token_ms: Option<f64>,
     pub error: Option<String>,
+    /// The answerer's evidence (coverage, missing terms, why it declined), when it gives one.
+    pub grounding: Option<Value>,
 }
 
 /// Where questions go: this process (the data directory opened in place) or a kb server.
@@ -128,6 +130,10 @@ impl Target for LocalTarget {
                     out.prompt_tokens = d.usage.prompt_tokens;
                     out.completion_tokens = d.usage.completion_tokens;
                     out.cost_usd = d.usage.cost_usd;
+                    out.grounding = d
+                        .grounding
+                        .as_ref()
+                        .and_then(|g| serde_json::to_value(g).ok());
                 }
                 AskEvent::Error { code, message } => {
                     out.error = Some(format!("{code}: {message}"));
@@ -256,6 +262,7 @@ impl Target for RemoteTarget {
             first_token_ms: v["timings_ms"]["first_token"].as_f64(),
             total_ms,
             error: None,
+            grounding: v.get("grounding").cloned(),
         })
     }
 }
@@ -449,6 +456,9 @@ pub async fn run(
                 row["answerer"] = json!(a.answerer);
                 row["citations"] = json!(a.citations);
                 row["answer_ms"] = json!(a.total_ms);
+                if let Some(g) = &a.grounding {
+                    row["grounding"] = g.clone();
+                }
                 if let Some(e) = &a.error {
                     row["error"] = json!(e);
                 }

@@ -331,9 +331,9 @@ mod tests {
             declined: Some(false),
         };
         let v = judge(&it, &out, &[1, 3]);
-        assert_eq!(v.hit[&1], false);
-        assert_eq!(v.any_hit[&1], true);
-        assert_eq!(v.hit[&3], true);
+        assert!(!v.hit[&1]);
+        assert!(v.any_hit[&1]);
+        assert!(v.hit[&3]);
         assert_eq!(v.rank, Some(3));
         assert!(v.correct);
         let s = aggregate(&[it], &[v], &[1, 3]);

@@ -223,6 +223,10 @@ impl Embedder for LocalEmbedder {
         self.max_input
     }
 
+    fn knows_word(&self, word: &str) -> Option<bool> {
+        Some(self.counter.token_to_id(&word.to_lowercase()).is_some())
+    }
+
     fn token_counter(&self) -> Arc<dyn kb_ingest::TokenCounter + Send> {
         self.counter.clone()
     }

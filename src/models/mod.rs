@@ -72,6 +72,11 @@ pub trait Embedder: Send + Sync {
     fn max_input_tokens(&self) -> usize;
     /// Counter for sizing chunks with this embedder's own tokenizer.
     fn token_counter(&self) -> Arc<dyn kb_ingest::TokenCounter + Send>;
+    /// Whether `word` (lower case) is a whole word of this model's vocabulary: a common word,
+    /// as opposed to a name or identifier. `None` when the model cannot say (remote models).
+    fn knows_word(&self, _word: &str) -> Option<bool> {
+        None
+    }
     async fn embed(&self, texts: Vec<String>, priority: Priority) -> Result<Vec<Vec<f32>>>;
 }
 

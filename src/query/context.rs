@@ -172,6 +172,8 @@ mod tests {
         tokens: u32,
     ) -> Source {
         Source {
+            dense: None,
+            sparse: None,
             n: 0,
             chunk_id: id.into(),
             doc_id: "d".into(),

@@ -3,6 +3,7 @@
 //! declines when no passage covers enough of the question.
 
 use super::Source;
+use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
 pub const DECLINE: &str = "I don't know: the documents do not contain the answer.";
@@ -168,14 +169,95 @@ fn best_passages(question: &str, sources: &[Source]) -> Vec<Passage> {
     out
 }
 
+/// How well the retrieved sources cover a question: the evidence behind answering or declining.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Grounding {
+    /// Share of the question's terms (weighted by rarity among the sources' sentences) that
+    /// the quoted passage covers.
+    pub coverage: f64,
+    /// Question words that occur in none of the sources.
+    pub missing_terms: Vec<String>,
+    /// Of those, the names (`pyenv`, `Poetry`, `JIT`: written as a name, or not a common word)
+    /// that occur nowhere in the collection: the question is about something the documents
+    /// never name, so it is not answered from them.
+    pub unknown_terms: Vec<String>,
+    /// Why the answer was declined, when it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decline_reason: Option<String>,
+}
+
+/// Whether `word` is written like a name in the question: a capital letter anywhere but at the
+/// start of the question, a digit, `_` or `.` in the token that holds it.
+pub fn written_as_name(question: &str, word: &str) -> bool {
+    question.split_whitespace().enumerate().any(|(i, raw)| {
+        let tok = raw.trim_matches(|c: char| !(c.is_alphanumeric() || c == '_'));
+        if !words(tok).iter().any(|w| w == word) {
+            return false;
+        }
+        tok.chars()
+            .enumerate()
+            .any(|(j, c)| c.is_uppercase() && (j > 0 || i > 0))
+            || tok.contains('_')
+            || tok.contains('.')
+            || tok.chars().any(|c| c.is_ascii_digit())
+    })
+}
+
+/// Question words (not stopwords) that occur in none of the sources, as written (lower case).
+pub fn missing_words(question: &str, sources: &[Source]) -> Vec<String> {
+    let present: HashSet<String> = sources
+        .iter()
+        .flat_map(|s| words(&s.text))
+        .map(|w| stem(&w).to_string())
+        .collect();
+    let mut seen = HashSet::new();
+    words(question)
+        .into_iter()
+        .filter(|w| !STOPWORDS.contains(&w.as_str()))
+        .filter(|w| !matches_term(&present, stem(w)))
+        .filter(|w| seen.insert(w.clone()))
+        .collect()
+}
+
 /// The answer text, with `[n]` citations, or [`DECLINE`].
 pub fn answer(question: &str, sources: &[Source]) -> String {
+    answer_with_grounding(question, sources, vec![], vec![]).0
+}
+
+/// The answer and the evidence for it. Declines when no passage covers enough of the question,
+/// or when the question names something the collection never mentions (`unknown_terms`, found
+/// by the caller among [`missing_words`]).
+pub fn answer_with_grounding(
+    question: &str,
+    sources: &[Source],
+    missing_terms: Vec<String>,
+    unknown_terms: Vec<String>,
+) -> (String, Grounding) {
     let passages = best_passages(question, sources);
+    let mut g = Grounding {
+        coverage: passages.first().map(|p| p.coverage).unwrap_or(0.0),
+        missing_terms,
+        unknown_terms,
+        decline_reason: None,
+    };
     let Some(best) = passages.first() else {
-        return DECLINE.to_string();
+        g.decline_reason = Some("no source shares a term with the question".into());
+        return (DECLINE.to_string(), g);
     };
     if best.coverage < MIN_COVERAGE {
-        return DECLINE.to_string();
+        g.decline_reason = Some(format!(
+            "the best passage covers {:.0}% of the question (needs {:.0}%)",
+            best.coverage * 100.0,
+            MIN_COVERAGE * 100.0
+        ));
+        return (DECLINE.to_string(), g);
+    }
+    if !g.unknown_terms.is_empty() {
+        g.decline_reason = Some(format!(
+            "the documents never mention {}",
+            g.unknown_terms.join(", ")
+        ));
+        return (DECLINE.to_string(), g);
     }
     let mut out = format!("{} [{}]", best.text, sources[best.source].n);
     // A second passage from another source when it is nearly as good (questions that need two).
@@ -189,7 +271,7 @@ pub fn answer(question: &str, sources: &[Source]) -> String {
             ));
         }
     }
-    out
+    (out, g)
 }
 
 /// Whether an answer declines (for the extractive answerer and for models told how to decline).
@@ -230,6 +312,8 @@ mod tests {
 
     fn src(n: usize, text: &str) -> Source {
         Source {
+            dense: None,
+            sparse: None,
             n,
             chunk_id: format!("c{n}"),
             doc_id: "d".into(),
@@ -277,6 +361,26 @@ mod tests {
         assert_eq!(a, DECLINE);
         assert!(is_decline(&a));
         assert_eq!(answer("what is it?", &[]), DECLINE);
+    }
+
+    #[test]
+    fn declines_a_question_about_something_the_collection_never_names() {
+        let sources = vec![src(
+            1,
+            "Install the tool with the package manager. It needs Python 3.",
+        )];
+        let q = "How do I install pyenv with the package manager?";
+        let missing = missing_words(q, &sources);
+        assert_eq!(missing, vec!["pyenv".to_string()]);
+        // Covered well enough on its own words, but `pyenv` is unknown to the collection.
+        let (a, g) = answer_with_grounding(q, &sources, missing.clone(), missing);
+        assert_eq!(a, DECLINE);
+        assert!(g.coverage >= MIN_COVERAGE, "{g:?}");
+        assert!(g.decline_reason.unwrap().contains("pyenv"));
+        // Known elsewhere in the collection: answered from the best passage.
+        let (a, g) = answer_with_grounding(q, &sources, vec!["pyenv".into()], vec![]);
+        assert!(a.contains("package manager") && a.ends_with("[1]"), "{a}");
+        assert!(g.decline_reason.is_none());
     }
 
     #[test]

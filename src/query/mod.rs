@@ -7,7 +7,9 @@ pub mod prompt;
 
 use crate::catalog::Catalog;
 use crate::models::{ChatDelta, ChatModel, ChatRequest, Embedder, ModelError, Priority, Usage};
-use crate::store::{SearchHit, SearchMode, SearchQuery, StoreError, VectorStore};
+use crate::store::{
+    FusionParams, RetrieverScore, SearchHit, SearchMode, SearchQuery, StoreError, VectorStore,
+};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde::Serialize;
@@ -108,6 +110,12 @@ pub struct Source {
     pub page: Option<u32>,
     pub heading: Option<String>,
     pub score: f32,
+    /// The dense retriever's rank and cosine for this chunk, if it found it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dense: Option<RetrieverScore>,
+    /// BM25's rank and score for this chunk, if it found it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparse: Option<RetrieverScore>,
     pub text: String,
     #[serde(skip)]
     pub token_count: u32,
@@ -126,6 +134,7 @@ pub struct QueryEngine {
     pub chat: Option<Arc<dyn ChatModel>>,
     pub visibility: Arc<Visibility>,
     pub candidates: usize,
+    pub fusion: FusionParams,
     pub context_window: usize,
     pub max_answer_tokens: usize,
     pub temperature: f32,
@@ -154,6 +163,9 @@ pub struct Done {
     pub usage: UsageOut,
     pub timings_ms: Timings,
     pub context: context::Manifest,
+    /// The extractive answerer's evidence for answering or declining.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grounding: Option<extractive::Grounding>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -256,6 +268,7 @@ impl QueryEngine {
             mode: p.mode,
             limit: p.top_k,
             candidates: self.candidates,
+            fusion: self.fusion,
             doc_ids: p.doc_ids.clone(),
             hidden: self.visibility.hidden(&p.collection),
         };
@@ -264,6 +277,38 @@ impl QueryEngine {
             r => r?,
         };
         self.decorate(hits).await
+    }
+
+    /// Of `words`, the names that occur nowhere in the visible part of the collection (one BM25
+    /// lookup each; a word BM25 ignores, such as a stopword, is not unknown). A common word
+    /// missing from a small collection says nothing, so only names count: written as one in
+    /// the question, or not a whole word of the embedder's vocabulary. Errors count as known:
+    /// this only ever adds a decline.
+    async fn unknown_words(&self, p: &SearchParams, words: &[String]) -> Vec<String> {
+        let hidden = self.visibility.hidden(&p.collection);
+        let mut out = Vec::new();
+        let names = words.iter().filter(|w| {
+            extractive::written_as_name(&p.query, w) || self.embedder.knows_word(w) == Some(false)
+        });
+        for w in names.take(8) {
+            let q = SearchQuery {
+                collection: p.collection.clone(),
+                dense: None,
+                text: w.clone(),
+                mode: SearchMode::Sparse,
+                limit: 1,
+                candidates: 1,
+                fusion: self.fusion,
+                doc_ids: p.doc_ids.clone(),
+                hidden: hidden.clone(),
+            };
+            if let Ok(hits) = self.store.search(&q).await {
+                if hits.is_empty() && self.store.sparse_terms(w) > 0 {
+                    out.push(w.clone());
+                }
+            }
+        }
+        out
     }
 
     async fn decorate(&self, hits: Vec<SearchHit>) -> Result<Vec<Source>, QueryError> {
@@ -282,6 +327,8 @@ impl QueryEngine {
                 page: h.payload.page,
                 heading: h.payload.heading,
                 score: h.score,
+                dense: h.dense,
+                sparse: h.sparse,
                 text: h.payload.text,
                 // Budgets count in the generating model's tokens when known.
                 token_count: h.payload.gen_token_count.unwrap_or(h.payload.token_count),
@@ -324,10 +371,19 @@ impl QueryEngine {
             let mut usage = Usage::default();
             let mut first_token: Option<u64> = None;
             let answerer;
+            let mut grounding = None;
             match &this.chat {
                 None => {
                     answerer = "extractive".to_string();
-                    let text = extractive::answer(&p.search.query, &sources);
+                    let missing = extractive::missing_words(&p.search.query, &sources);
+                    let unknown = this.unknown_words(&p.search, &missing).await;
+                    let (text, g) = extractive::answer_with_grounding(
+                        &p.search.query,
+                        &sources,
+                        missing,
+                        unknown,
+                    );
+                    grounding = Some(g);
                     for piece in extractive::pieces(&text) {
                         if first_token.is_none() {
                             first_token = Some(started.elapsed().as_millis() as u64);
@@ -388,6 +444,7 @@ impl QueryEngine {
                     total: started.elapsed().as_millis() as u64,
                 },
                 context: manifest,
+                grounding,
                 answer,
             }));
         };

@@ -47,6 +47,8 @@ mod tests {
     #[test]
     fn sources_are_numbered_and_fenced() {
         let s = Source {
+            dense: None,
+            sparse: None,
             n: 2,
             chunk_id: "c".into(),
             doc_id: "d".into(),

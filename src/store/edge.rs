@@ -12,10 +12,10 @@ use super::*;
 use qdrant_edge::bm25_embed::{EdgeBm25, EdgeBm25Config};
 use qdrant_edge::{
     Condition, CountRequest, CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams,
-    EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, Fusion, JsonPath, Match,
-    Modifier, NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations,
-    PointOperations, PointStruct, Prefetch, QueryEnum, QueryRequest, ScoringQuery, UpdateOperation,
-    Vector, VectorInternal, Vectors, WithPayloadInterface, WithVector,
+    EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, JsonPath, Match, Modifier,
+    NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations,
+    PointOperations, PointStruct, QueryEnum, QueryRequest, ScoringQuery, UpdateOperation, Vector,
+    VectorInternal, Vectors, WithPayloadInterface, WithVector,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -284,70 +284,84 @@ impl VectorStore for EdgeStore {
                 (!sv.indices.is_empty()).then(|| nearest(SPARSE, sv.into()))
             };
             let dense_q = || q.dense.clone().map(|d| nearest(DENSE, d.into()));
-            let (query, prefetches) = match q.mode {
-                SearchMode::Dense => (dense_q(), vec![]),
-                SearchMode::Sparse => (sparse_q(), vec![]),
-                SearchMode::Hybrid => {
-                    let pf = |query: ScoringQuery| Prefetch {
-                        prefetches: vec![],
-                        query: Some(query),
-                        limit: q.candidates.max(q.limit),
-                        params: None,
-                        filter: None,
-                        score_threshold: None,
+            let run = |query: ScoringQuery, limit: usize| -> Result<Vec<SearchHit>> {
+                let req = QueryRequest {
+                    prefetches: vec![],
+                    query: Some(query),
+                    filter: filter.clone(),
+                    score_threshold: None,
+                    limit,
+                    offset: 0,
+                    params: None,
+                    with_vector: WithVector::Bool(false),
+                    with_payload: WithPayloadInterface::Bool(true),
+                };
+                let points = shard.shard.query(req).map_err(err)?;
+                let mut hits = Vec::with_capacity(points.len());
+                for p in points {
+                    let Some(payload) = p.payload else { continue };
+                    let payload: ChunkPayload =
+                        serde_json::from_value(serde_json::Value::Object(payload.0))
+                            .map_err(err)?;
+                    let chunk_id = match p.id {
+                        PointId::Uuid(u) => u.to_string(),
+                        PointId::NumId(n) => n.to_string(),
                     };
-                    let pfs: Vec<Prefetch> = [dense_q(), sparse_q()]
-                        .into_iter()
-                        .flatten()
-                        .map(pf)
-                        .collect();
-                    match pfs.len() {
-                        0 => (None, vec![]),
-                        // One retriever has nothing to say (e.g. only stopwords): use the other.
-                        1 => (pfs.into_iter().next().and_then(|p| p.query), vec![]),
-                        _ => (
-                            Some(ScoringQuery::Fusion(Fusion::Rrf {
-                                k: 60,
-                                weights: None,
-                            })),
-                            pfs,
-                        ),
+                    hits.push(SearchHit {
+                        chunk_id,
+                        score: p.score,
+                        dense: None,
+                        sparse: None,
+                        payload,
+                    });
+                }
+                Ok(hits)
+            };
+            let tag = |mut hits: Vec<SearchHit>, dense: bool| {
+                for (i, h) in hits.iter_mut().enumerate() {
+                    let r = Some(RetrieverScore {
+                        rank: i + 1,
+                        score: h.score,
+                    });
+                    if dense {
+                        h.dense = r;
+                    } else {
+                        h.sparse = r;
                     }
                 }
+                hits
             };
-            let Some(query) = query else {
-                return Ok(vec![]);
-            };
-            let req = QueryRequest {
-                prefetches,
-                query: Some(query),
-                filter,
-                score_threshold: None,
-                limit: q.limit,
-                offset: 0,
-                params: None,
-                with_vector: WithVector::Bool(false),
-                with_payload: WithPayloadInterface::Bool(true),
-            };
-            let points = shard.shard.query(req).map_err(err)?;
-            let mut hits = Vec::with_capacity(points.len());
-            for p in points {
-                let Some(payload) = p.payload else { continue };
-                let payload: ChunkPayload =
-                    serde_json::from_value(serde_json::Value::Object(payload.0)).map_err(err)?;
-                let chunk_id = match p.id {
-                    PointId::Uuid(u) => u.to_string(),
-                    PointId::NumId(n) => n.to_string(),
-                };
-                hits.push(SearchHit {
-                    chunk_id,
-                    score: p.score,
-                    payload,
-                });
+            match q.mode {
+                SearchMode::Dense => match dense_q() {
+                    Some(d) => Ok(tag(run(d, q.limit)?, true)),
+                    None => Ok(vec![]),
+                },
+                SearchMode::Sparse => match sparse_q() {
+                    Some(sq) => Ok(tag(run(sq, q.limit)?, false)),
+                    None => Ok(vec![]),
+                },
+                SearchMode::Hybrid => {
+                    // Each retriever ranks its candidates; kb fuses them (weighted reciprocal
+                    // rank) so every hit keeps both retrievers' raw scores and ranks, which the
+                    // answerer uses to judge whether the evidence is strong enough.
+                    let n = q.candidates.max(q.limit);
+                    let dense = match dense_q() {
+                        Some(d) => tag(run(d, n)?, true),
+                        None => vec![],
+                    };
+                    let sparse = match sparse_q() {
+                        Some(sq) => tag(run(sq, n)?, false),
+                        None => vec![],
+                    };
+                    Ok(fuse(dense, sparse, &q.fusion, q.limit))
+                }
             }
-            Ok(hits)
         })
         .await
+    }
+
+    fn sparse_terms(&self, text: &str) -> usize {
+        self.bm25.embed_query(text).indices.len()
     }
 
     async fn count(&self, collection: &str, version_key: Option<&str>) -> Result<usize> {

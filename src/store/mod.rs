@@ -106,12 +106,86 @@ pub struct SearchQuery {
     pub doc_ids: Option<Vec<String>>,
     /// Version keys that must not be seen (not yet live, or retired).
     pub hidden: Vec<String>,
+    pub fusion: FusionParams,
+}
+
+/// Weighted reciprocal-rank fusion: a hit at rank r (from 1) of a retriever adds
+/// `weight / (k + r)` to its score.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct FusionParams {
+    pub k: f32,
+    pub dense_weight: f32,
+    pub sparse_weight: f32,
+}
+
+impl Default for FusionParams {
+    fn default() -> Self {
+        FusionParams {
+            k: 60.0,
+            dense_weight: 1.0,
+            sparse_weight: 1.0,
+        }
+    }
+}
+
+/// One retriever's view of a hit: its rank (from 1) and raw score (cosine for dense, BM25 for
+/// sparse).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RetrieverScore {
+    pub rank: usize,
+    pub score: f32,
+}
+
+/// Fuse a dense and a sparse ranking into the best `limit` hits. Ties go to the better dense
+/// rank, then to the chunk id, so equal inputs always give the same order.
+pub fn fuse(
+    dense: Vec<SearchHit>,
+    sparse: Vec<SearchHit>,
+    p: &FusionParams,
+    limit: usize,
+) -> Vec<SearchHit> {
+    let mut by_id: std::collections::HashMap<String, SearchHit> = std::collections::HashMap::new();
+    for h in dense.into_iter().chain(sparse) {
+        match by_id.get_mut(&h.chunk_id) {
+            Some(e) => {
+                e.dense = e.dense.or(h.dense);
+                e.sparse = e.sparse.or(h.sparse);
+            }
+            None => {
+                by_id.insert(h.chunk_id.clone(), h);
+            }
+        }
+    }
+    let mut hits: Vec<SearchHit> = by_id
+        .into_values()
+        .map(|mut h| {
+            let part = |r: Option<RetrieverScore>, w: f32| {
+                r.map(|r| w / (p.k + r.rank as f32)).unwrap_or(0.0)
+            };
+            h.score = part(h.dense, p.dense_weight) + part(h.sparse, p.sparse_weight);
+            h
+        })
+        .collect();
+    hits.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| {
+                let r = |h: &SearchHit| h.dense.map(|d| d.rank).unwrap_or(usize::MAX);
+                r(a).cmp(&r(b))
+            })
+            .then_with(|| a.chunk_id.cmp(&b.chunk_id))
+    });
+    hits.truncate(limit);
+    hits
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SearchHit {
     pub chunk_id: String,
+    /// The fused score in hybrid mode, else the retriever's own.
     pub score: f32,
+    pub dense: Option<RetrieverScore>,
+    pub sparse: Option<RetrieverScore>,
     pub payload: ChunkPayload,
 }
 
@@ -126,10 +200,86 @@ pub trait VectorStore: Send + Sync {
     /// Delete every point of a document version.
     async fn delete_version(&self, collection: &str, version_key: &str) -> Result<()>;
     async fn search(&self, query: &SearchQuery) -> Result<Vec<SearchHit>>;
+    /// How many terms the sparse (BM25) side makes of `text` (0: all stopwords or too short).
+    fn sparse_terms(&self, text: &str) -> usize;
     /// Points of a version (or of the whole collection when `version_key` is None).
     async fn count(&self, collection: &str, version_key: Option<&str>) -> Result<usize>;
     /// Build indexes (HNSW) and vacuum. Slow; never on a request path.
     async fn optimize(&self, collection: &str) -> Result<bool>;
     /// Flush and release everything.
     async fn close(&self);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(id: &str, score: f32) -> SearchHit {
+        SearchHit {
+            chunk_id: id.into(),
+            score,
+            dense: None,
+            sparse: None,
+            payload: ChunkPayload {
+                collection: "c".into(),
+                doc_id: "d".into(),
+                doc_version: 1,
+                version_key: "d@1".into(),
+                ord: 0,
+                text: id.into(),
+                token_count: 1,
+                gen_token_count: None,
+                page: None,
+                heading: None,
+                byte_start: 0,
+                byte_end: 1,
+                content_hash: "x".into(),
+            },
+        }
+    }
+
+    fn ranked(ids: &[&str], dense: bool) -> Vec<SearchHit> {
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let mut h = hit(id, 1.0 - i as f32 * 0.1);
+                let r = Some(RetrieverScore {
+                    rank: i + 1,
+                    score: h.score,
+                });
+                if dense {
+                    h.dense = r;
+                } else {
+                    h.sparse = r;
+                }
+                h
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fusion_rewards_agreement_and_keeps_both_scores() {
+        let d = ranked(&["a", "b", "c"], true);
+        let s = ranked(&["c", "d", "a"], false);
+        let out = fuse(d, s, &FusionParams::default(), 10);
+        let ids: Vec<&str> = out.iter().map(|h| h.chunk_id.as_str()).collect();
+        // a: 1/61 + 1/63; c: 1/63 + 1/61 -> tie, a wins on dense rank.
+        assert_eq!(ids, vec!["a", "c", "b", "d"]);
+        assert_eq!(out[0].dense.unwrap().rank, 1);
+        assert_eq!(out[0].sparse.unwrap().rank, 3);
+        assert!(out[2].sparse.is_none() && out[3].dense.is_none());
+    }
+
+    #[test]
+    fn fusion_weights_tilt_the_order_and_limit_cuts() {
+        let p = FusionParams {
+            k: 10.0,
+            dense_weight: 1.0,
+            sparse_weight: 2.0,
+        };
+        let out = fuse(ranked(&["a", "b"], true), ranked(&["b", "c"], false), &p, 2);
+        let ids: Vec<&str> = out.iter().map(|h| h.chunk_id.as_str()).collect();
+        // b: 1/12 + 2/11; c: 2/12; a: 1/11.
+        assert_eq!(ids, vec!["b", "c"]);
+    }
 }
