@@ -103,6 +103,10 @@ async function newPage(width = 1100, height = 900) {
   page.on('dialog', (d) => { page.dialogs.push(d.message()); d.accept(); });
   page.requests = [];
   page.on('request', (r) => page.requests.push(r.url()));
+  // Script errors and CSP violations (an inline script or style would be one) fail the test.
+  page.errors = [];
+  page.on('pageerror', (e) => page.errors.push(e.message));
+  page.on('console', (m) => { if (/Content Security Policy/i.test(m.text())) page.errors.push(m.text()); });
   return page;
 }
 const shot = (page, name) => page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
@@ -110,6 +114,7 @@ const shot = (page, name) => page.screenshot({ path: join(shots, `${name}.png`),
 function assertOnlySelf(page, base) {
   for (const u of page.requests) assert.ok(u.startsWith(base) || u.startsWith('data:'), `unexpected request ${u}`);
   assert.deepEqual(leaked, [], 'nothing reached the leak listener');
+  assert.deepEqual(page.errors, [], 'no script errors or CSP violations');
 }
 
 // Count the answer's renders while a question streams; resolves with the count seen before the
