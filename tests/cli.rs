@@ -150,3 +150,153 @@ fn ingest_ask_search_config() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("06:40"));
 }
+
+fn ids_by_name(out: &Output) -> Vec<(String, String)> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("docs list --json prints JSON");
+    let mut docs: Vec<(String, String)> = v["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert_eq!(d["status"], "ready", "{d}");
+            (
+                d["name"].as_str().unwrap().to_string(),
+                d["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    docs.sort();
+    docs
+}
+
+#[test]
+fn docs_list_and_delete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let docs = tmp.path().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(
+        docs.join("ferry.md"),
+        "# Ferry\n\nThe first ferry to the island leaves at 07:15.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        docs.join("market.txt"),
+        "The fish market opens on Saturdays at dawn.\n",
+    )
+    .unwrap();
+    let out = kb(&data, &["ingest", "-c", "town", docs.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The data dir directly.
+    let listed = ids_by_name(&kb(&data, &["docs", "list", "-c", "town", "--json"]));
+    let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["ferry.md", "market.txt"]);
+    let out = kb(&data, &["docs", "list", "--collection", "town"]);
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("ID "), "{table}");
+    for (name, id) in &listed {
+        let line = table.lines().find(|l| l.contains(name.as_str())).unwrap();
+        assert!(
+            line.starts_with(id.as_str()) && line.contains("ready"),
+            "{line}"
+        );
+    }
+
+    let ferry = &listed[0].1;
+    let out = kb(&data, &["docs", "delete", ferry]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = ids_by_name(&kb(&data, &["docs", "list", "-c", "town", "--json"]));
+    assert_eq!(after, listed[1..].to_vec());
+    // Its chunks left the index too: the ferry question finds nothing of it.
+    let out = kb(
+        &data,
+        &["search", "-c", "town", "--json", "first ferry island"],
+    );
+    let hits: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        hits.as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["doc_name"] != "ferry.md"),
+        "{hits}"
+    );
+    let out = kb(&data, &["docs", "delete", ferry]);
+    assert_eq!(out.status.code(), Some(5), "no such document exits 5");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no document"));
+    let out = kb(&data, &["docs", "list", "-c", "nowhere"]);
+    assert_eq!(out.status.code(), Some(5), "no such collection exits 5");
+
+    let out = kb(&data, &["docs", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("list") && help.contains("delete") && help.contains("Exit codes"));
+
+    // Against a running server.
+    let s = Server::start();
+    let out = kb(&s.data_dir, &["docs", "list"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the data dir is locked by the server"
+    );
+    let out = kb(
+        tmp.path(),
+        &[
+            "ingest",
+            "-c",
+            "srv",
+            "--server",
+            &s.base,
+            docs.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = ids_by_name(&kb(
+        tmp.path(),
+        &["docs", "list", "-c", "srv", "--json", "--server", &s.base],
+    ));
+    assert_eq!(listed.len(), 2);
+    let market = &listed[1].1;
+    let out = kb(tmp.path(), &["docs", "delete", market, "--server", &s.base]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (st, _) = s.get(&format!("/v1/documents/{market}"));
+    assert_eq!(st, 404);
+    let out = kb(tmp.path(), &["docs", "delete", market, "--server", &s.base]);
+    assert_eq!(out.status.code(), Some(5));
+    let out = kb(
+        tmp.path(),
+        &["docs", "list", "-c", "nowhere", "--server", &s.base],
+    );
+    assert_eq!(out.status.code(), Some(5));
+    let out = kb(
+        tmp.path(),
+        &["docs", "list", "--server", "http://127.0.0.1:9"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an unreachable server is an error"
+    );
+}

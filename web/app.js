@@ -1,9 +1,12 @@
-// kb web page: plain ES module, no dependencies.
+// kb web page: plain ES modules, no dependencies, no build step.
+import { renderMarkdown } from './markdown.js';
+
 const $ = (sel) => document.querySelector(sel);
 const els = {
   collection: $('#collection'), collections: $('#collections-list'), status: $('#status'),
   fileInput: $('#file-input'), dropZone: $('#drop-zone'), uploadList: $('#upload-list'),
   docsBody: $('#docs-table tbody'), docsEmpty: $('#docs-empty'), refresh: $('#refresh-docs'),
+  docsFilter: $('#docs-filter'), docsCount: $('#docs-count'), versionInput: $('#version-input'),
   question: $('#question'), askBtn: $('#ask-btn'), stopBtn: $('#stop-btn'), spinner: $('#ask-spinner'),
   answer: $('#answer'), sources: $('#sources'), meta: $('#answer-meta'), errorBox: $('#error-box'),
 };
@@ -59,6 +62,26 @@ async function api(path, opts = {}) {
   try { return text ? JSON.parse(text) : null; } catch { throw new ApiError(res.status, 'bad_json', 'invalid JSON from server'); }
 }
 
+// A message a person can act on, for an API error code / HTTP status.
+function describeError(e) {
+  const code = e.code || '';
+  const detail = e.message && e.message !== code ? ` (${e.message})` : '';
+  if (e.status === 0 || code === 'unreachable') {
+    return 'Cannot reach the kb server: it may be down or restarting. Try again in a moment.';
+  }
+  if (code === 'upstream_timeout' || e.status === 504) {
+    return 'The language model did not answer in time (upstream timeout). Try again.' + detail;
+  }
+  if (code === 'upstream_rate_limited' || e.status === 429) {
+    return 'The language model is rate-limiting requests. Wait a little and try again.' + detail;
+  }
+  if (code === 'upstream_unreachable') return 'The language model server cannot be reached.' + detail;
+  if (code.startsWith('upstream_')) return 'The language model failed to answer.' + detail;
+  if (code === 'shutting_down' || e.status === 503) return 'The kb server is shutting down or not ready.' + detail;
+  if (code === 'collection_not_found') return `Collection "${collectionName()}" does not exist yet: upload files to create it.`;
+  return e.message || 'Something went wrong.';
+}
+
 function humanSize(n) {
   if (n == null || isNaN(n)) return '';
   const units = ['B', 'KB', 'MB', 'GB', 'TB'];
@@ -96,119 +119,200 @@ els.collection.addEventListener('change', () => { clearTimeout(collectionTimer);
 // ---------- documents ----------
 let docsSeq = 0;
 let pollTimer = null;
+let allDocs = [];
+let collectionExists = true;
 
 async function loadDocs() {
   const seq = ++docsSeq;
   const coll = collectionName();
   clearTimeout(pollTimer);
   let docs;
+  let exists = true;
   try {
     const data = await api(`/v1/collections/${encodeURIComponent(coll)}/documents`);
     docs = data.documents || [];
   } catch (e) {
     if (seq !== docsSeq) return;
-    if (e.status === 404) docs = [];
-    else {
-      if (e.status) setStatus('Could not load documents: ' + e.message);
+    if (e.status === 404 || (e.status === 400 && e.code === 'invalid_collection')) {
+      docs = [];
+      exists = false;
+      if (e.status === 400) setStatus(e.message);
+    } else {
+      setStatus('Could not load documents: ' + describeError(e));
       pollTimer = setTimeout(loadDocs, 5000); // retry while the server is down
       return;
     }
   }
   if (seq !== docsSeq) return; // a newer request (e.g. other collection) won
-  if (els.status.textContent.startsWith('Server unreachable') ||
-      els.status.textContent.startsWith('Could not load')) setStatus('');
-  renderDocs(docs);
-  if (docs.some((d) => d.status === 'processing')) pollTimer = setTimeout(loadDocs, 5000);
+  if (/^(Server unreachable|Could not load|collection names)/.test(els.status.textContent) && exists) setStatus('');
+  allDocs = docs;
+  collectionExists = exists;
+  renderDocs();
+  if (docs.some((d) => d.status === 'processing')) pollTimer = setTimeout(loadDocs, 3000);
 }
 
-function renderDocs(docs) {
+const COLUMNS = ['Name', 'Type', 'Size', 'Pages', 'Chunks', 'Status', 'Updated', 'Actions'];
+
+function renderDocs() {
+  const q = els.docsFilter.value.trim().toLowerCase();
+  const docs = q ? allDocs.filter((d) => String(d.name).toLowerCase().includes(q)) : allDocs;
   els.docsEmpty.hidden = docs.length > 0;
+  els.docsEmpty.textContent = !collectionExists
+    ? `Collection "${collectionName()}" does not exist yet: upload files to create it.`
+    : allDocs.length ? `No document name contains "${els.docsFilter.value.trim()}".` : 'No documents in this collection.';
+  els.docsCount.textContent = allDocs.length
+    ? (q ? `${docs.length} of ${allDocs.length}` : `${allDocs.length}`) + (allDocs.length === 1 ? ' document' : ' documents')
+    : '';
   els.docsBody.replaceChildren(...docs.map((d) => {
     const status = el('td', { class: 'status-' + d.status, text: d.status });
     if (d.status === 'failed' && d.error) status.textContent = 'failed: ' + d.error;
     const del = el('button', { type: 'button', class: 'delete', text: 'Delete', 'aria-label': 'Delete ' + d.name });
     del.addEventListener('click', () => deleteDoc(d));
-    const tr = el('tr', { 'data-doc-id': d.id },
-      el('td', { class: 'name', text: show(d.name), title: show(d.name) }),
+    const ver = el('button', { type: 'button', class: 'new-version', text: 'New version', 'aria-label': 'Upload a new version of ' + d.name });
+    ver.addEventListener('click', () => chooseVersion(d));
+    const name = el('td', { class: 'name', title: show(d.name) }, show(d.name));
+    if (d.version > 1) name.append(el('span', { class: 'version', text: ' v' + d.version }));
+    // data-label: the column name, shown beside each cell when the table becomes cards on a phone.
+    const cells = [
+      name,
       el('td', { text: show(d.media_type) }),
       el('td', { class: 'num', text: humanSize(d.size_bytes) }),
       el('td', { class: 'num', text: show(d.pages) }),
       el('td', { class: 'num', text: show(d.chunks) }),
       status,
       el('td', { text: fmtDate(d.updated_at) }),
-      el('td', {}, del));
-    return tr;
+      el('td', { class: 'actions' }, ver, del),
+    ];
+    cells.forEach((td, i) => td.setAttribute('data-label', COLUMNS[i]));
+    return el('tr', { 'data-doc-id': d.id }, ...cells);
   }));
 }
 
 async function deleteDoc(d) {
-  if (!confirm(`Delete "${d.name}"?`)) return;
+  if (!confirm(`Delete "${d.name}" and all its versions? This cannot be undone.`)) return;
   try {
     await api(`/v1/documents/${encodeURIComponent(d.id)}`, { method: 'DELETE' });
-    setStatus('');
+    setStatus(`Deleted "${d.name}".`, false);
   } catch (e) {
-    if (e.status) setStatus(`Could not delete "${d.name}": ${e.message}`);
+    setStatus(`Could not delete "${d.name}": ${describeError(e)}`);
   }
   loadDocs();
+  loadCollections();
 }
 
+// A new version: any file, uploaded under the document's name (the server makes it version n+1).
+let versionOf = null;
+function chooseVersion(d) {
+  versionOf = d;
+  els.versionInput.value = '';
+  els.versionInput.click();
+}
+els.versionInput.addEventListener('change', () => {
+  const f = els.versionInput.files && els.versionInput.files[0];
+  if (f && versionOf) upload([f], versionOf.name);
+  versionOf = null;
+});
+
+els.docsFilter.addEventListener('input', renderDocs);
+els.docsFilter.addEventListener('keydown', (e) => {
+  if (e.key === 'Escape') { els.docsFilter.value = ''; renderDocs(); }
+});
 els.refresh.addEventListener('click', () => { loadDocs(); loadCollections(); });
 
 // ---------- upload ----------
+// One row per file: its name, a progress bar and the stage in words. Returns set(text, cls, fraction).
 function uploadRow(name) {
   const state = el('span', { class: 'state', text: 'uploading…' });
-  const li = el('li', {}, el('span', { class: 'name', text: name }), state);
+  const bar = el('progress', { max: 1, 'aria-label': 'Progress of ' + name });
+  const li = el('li', {}, el('span', { class: 'name', text: name }), bar, state);
   els.uploadList.prepend(li);
-  return (text, cls) => { state.textContent = text; li.className = cls || ''; };
+  return (text, cls, fraction) => {
+    state.textContent = text;
+    li.className = cls || '';
+    if (cls === 'done') bar.value = 1;
+    else if (typeof fraction === 'number') bar.value = Math.max(0, Math.min(1, fraction));
+    else if (cls === 'failed') bar.value = 0;
+    else bar.removeAttribute('value'); // indeterminate
+  };
 }
 
-async function upload(fileList) {
+// POST a form with upload progress (fetch cannot report it); resolves to the JSON body.
+function postForm(url, form, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', url);
+    xhr.responseType = 'text';
+    xhr.upload.addEventListener('progress', (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); });
+    xhr.addEventListener('load', () => {
+      let body = null;
+      try { body = xhr.responseText ? JSON.parse(xhr.responseText) : null; } catch { /* not JSON */ }
+      if (xhr.status >= 200 && xhr.status < 300) resolve(body);
+      else {
+        const err = (body && body.error) || {};
+        reject(new ApiError(xhr.status, err.code || 'http_' + xhr.status, err.message || `HTTP ${xhr.status}`));
+      }
+    });
+    xhr.addEventListener('error', () => reject(new ApiError(0, 'unreachable', 'server unreachable')));
+    xhr.addEventListener('abort', () => reject(new ApiError(0, 'aborted', 'upload aborted')));
+    xhr.send(form);
+  });
+}
+
+// Upload files into the current collection (created by its first upload). `asName`: upload a
+// single file under that document name, i.e. as its next version.
+async function upload(fileList, asName) {
   const files = Array.from(fileList || []);
   if (!files.length) return;
   const coll = collectionName();
-  const rows = files.map((f) => uploadRow(f.name));
+  const names = files.map((f) => asName || f.name);
+  const rows = names.map((n) => uploadRow(asName ? `${n} (new version, from ${files[0].name})` : n));
   const form = new FormData();
-  for (const f of files) form.append('file', f, f.name);
+  files.forEach((f, i) => form.append('file', f, names[i]));
   let data;
   try {
-    data = await api(`/v1/collections/${encodeURIComponent(coll)}/documents`, { method: 'POST', body: form });
+    data = await postForm(`/v1/collections/${encodeURIComponent(coll)}/documents`, form, (frac) => {
+      rows.forEach((set) => set(frac < 1 ? `uploading ${Math.round(frac * 100)}%` : 'checking…', 'active', frac < 1 ? frac : undefined));
+    });
   } catch (e) {
-    rows.forEach((set) => set('failed: ' + e.message, 'failed'));
+    rows.forEach((set) => set('failed: ' + describeError(e), 'failed'));
     return;
   }
   (data.documents || []).forEach((doc, i) => {
     const set = rows[i] || uploadRow(doc.name);
+    const label = doc.version > 1 ? ` (version ${doc.version})` : '';
     if (doc.duplicate && !doc.job_id) set('ready (duplicate, already ingested)', 'done');
-    else if (doc.job_id) followJob(doc.job_id, set, doc.duplicate);
+    else if (doc.job_id) followJob(doc.job_id, set, doc.duplicate, label);
     else set('queued', '');
   });
   loadDocs();
   loadCollections();
 }
 
-function followJob(jobId, set, duplicate) {
-  set(duplicate ? 'queued (duplicate)' : 'queued', 'active');
+const STAGES = { queued: 'queued', extract: 'extracting text', chunk: 'chunking', embed: 'embedding', index: 'indexing' };
+
+function followJob(jobId, set, duplicate, label = '') {
+  set((duplicate ? 'queued (duplicate)' : 'queued') + label, 'active');
   const es = new EventSource(`/v1/jobs/${encodeURIComponent(jobId)}/events`);
   let finished = false;
+  const end = () => { finished = true; es.close(); loadDocs(); };
   es.addEventListener('progress', (ev) => {
     let p;
     try { p = JSON.parse(ev.data); } catch { return; }
     if (p.status === 'done') {
-      set('ready', 'done');
+      set('ready' + label + (p.total ? ` · ${p.total} chunk${p.total === 1 ? '' : 's'}` : ''), 'done');
     } else if (p.status === 'failed') {
       set('failed: ' + (p.error || 'unknown error'), 'failed');
     } else {
-      const stage = p.stage || p.status;
-      set(p.total ? `${stage} ${p.done ?? 0}/${p.total}` : stage, 'active');
+      const stage = STAGES[p.stage] || p.stage || p.status;
+      set(p.total > 1 ? `${stage} ${p.done ?? 0}/${p.total}` : stage, 'active', p.total > 1 ? (p.done ?? 0) / p.total : undefined);
       return;
     }
-    finished = true;
-    es.close();
-    loadDocs();
+    end();
   });
+  es.addEventListener('deleted', () => { set('deleted', 'failed'); end(); });
   es.addEventListener('error', () => {
     if (finished || es.readyState !== EventSource.CLOSED) return; // browser retries on its own
-    set('progress unavailable (see document list)', 'failed');
+    set('progress unavailable (see the document list)', 'failed');
     loadDocs();
   });
 }
@@ -238,71 +342,105 @@ let controller = null;
 let answerText = '';
 let renderFrame = 0;
 
-// Safe minimal markdown: paragraphs, **bold**, `code`, [n] citations. textContent only.
-function renderInline(parent, text) {
-  const re = /(\*\*[^*\n]+\*\*|`[^`\n]+`|\[\d+(?:\s*,\s*\d+)*\])/g;
-  let last = 0;
-  for (const m of text.matchAll(re)) {
-    if (m.index > last) parent.append(text.slice(last, m.index));
-    const tok = m[0];
-    if (tok.startsWith('**')) {
-      const b = el('strong');
-      renderInline(b, tok.slice(2, -2));
-      parent.append(b);
-    } else if (tok.startsWith('`')) {
-      parent.append(el('code', { text: tok.slice(1, -1) }));
-    } else {
-      for (const n of tok.slice(1, -1).split(',').map((s) => s.trim())) {
-        parent.append(el('button', { type: 'button', class: 'cite', 'data-n': n, text: n, 'aria-label': 'Source ' + n }));
-      }
-    }
-    last = m.index + tok.length;
-  }
-  if (last < text.length) parent.append(text.slice(last));
-}
-
 function renderAnswer() {
   cancelAnimationFrame(renderFrame);
   renderFrame = 0;
-  const paras = answerText.split(/\n{2,}/).filter((p) => p.trim() !== '');
-  els.answer.replaceChildren(...paras.map((p) => {
-    const node = el('p');
-    p.split('\n').forEach((line, i) => {
-      if (i) node.append(el('br'));
-      renderInline(node, line);
-    });
-    return node;
-  }));
+  els.answer.replaceChildren(renderMarkdown(answerText));
 }
 
 function scheduleRender() {
   if (!renderFrame) renderFrame = requestAnimationFrame(renderAnswer);
 }
 
+// ---------- sources and citations ----------
+let sourceText = new Map(); // n -> passage text
+
 function renderSources(sources) {
+  sourceText = new Map();
   els.sources.replaceChildren(...(sources || []).map((s) => {
-    const where = [s.page != null ? 'page ' + s.page : '', s.heading || ''].filter(Boolean).join(' / ');
-    const parts = [`[${s.n}] ${s.doc_name || s.doc_id || ''}`];
-    if (where) parts.push(where);
-    if (typeof s.score === 'number') parts.push('score ' + s.score.toFixed(3));
+    sourceText.set(String(s.n), show(s.text));
+    const where = [s.page != null ? 'page ' + s.page : '', s.heading || ''].filter(Boolean).join(' · ');
+    const summary = el('summary', {},
+      el('span', { class: 'n', text: `[${s.n}]` }), ' ',
+      el('span', { class: 'doc', text: s.doc_name || s.doc_id || '' }));
+    if (where) summary.append(' ', el('span', { class: 'where', text: where }));
+    if (typeof s.score === 'number') summary.append(' ', el('span', { class: 'score', text: 'score ' + s.score.toFixed(3) }));
     return el('li', { id: 'source-' + s.n, class: 'source' },
-      el('details', {}, el('summary', { text: parts.join(' — ') }), el('p', { class: 'passage', text: show(s.text) })));
+      el('details', {}, summary, el('p', { class: 'passage', text: show(s.text) })));
   }));
 }
 
-function focusSource(n) {
+const WORD = /[\p{L}\p{N}]+/gu;
+const words = (t) => (t.toLowerCase().match(WORD) || []);
+
+// The answer text a citation button vouches for: the text before it in its block, back to the
+// previous group of citations (or, for a citation that opens a block, the text after it).
+function citedText(btn) {
+  const block = btn.closest('p, li, blockquote, h3, h4, h5, h6') || els.answer;
+  const walker = document.createTreeWalker(block, NodeFilter.SHOW_TEXT | NodeFilter.SHOW_ELEMENT);
+  let before = '';
+  let after = '';
+  let seenOther = false;
+  let passed = false;
+  for (let n = walker.currentNode; n; n = walker.nextNode()) {
+    if (n.nodeType === Node.ELEMENT_NODE) {
+      if (!n.classList.contains('cite')) continue;
+      if (n === btn) { passed = true; continue; }
+      if (passed) { if (after.trim()) break; continue; }
+      seenOther = true;
+      continue;
+    }
+    if (n.parentElement && n.parentElement.closest('.cite')) continue;
+    if (passed) { after += n.data; continue; }
+    if (seenOther && n.data.trim()) { before = ''; seenOther = false; }
+    before += n.data;
+  }
+  return before.trim() ? before : after;
+}
+
+// Show source n's passage with the sentences the answer took from it marked; the whole
+// passage when no sentence overlaps enough (a paraphrase, or a citation without text).
+function highlightPassage(n, cited) {
+  const li = document.getElementById('source-' + n);
+  const text = sourceText.get(String(n));
+  if (!li || text == null) return 0;
+  const passage = li.querySelector('.passage');
+  const answerWords = new Set(words(cited));
+  // Sentences end at . ! ? before white space (not inside 3.1.2 or a URL), or at a line break.
+  const parts = text.match(/(?:[^.!?\n]|[.!?]+(?=[^\s.!?]))*(?:[.!?]+["')\]]*(?=\s|$)|\n+|$)\s*/g).filter(Boolean);
+  let marked = 0;
+  const nodes = parts.map((part) => {
+    const w = words(part);
+    const hits = w.filter((x) => answerWords.has(x)).length;
+    if (w.length >= 3 && hits / w.length >= 0.6) {
+      marked++;
+      return el('mark', { text: part });
+    }
+    return document.createTextNode(part);
+  });
+  if (marked) passage.replaceChildren(...nodes);
+  else passage.replaceChildren(el('mark', { class: 'whole', text }));
+  return marked;
+}
+
+function focusSource(n, btn) {
   const li = document.getElementById('source-' + n);
   if (!li) return;
   li.querySelector('details').open = true;
-  document.querySelectorAll('.source.highlight').forEach((x) => x.classList.remove('highlight'));
+  for (const other of document.querySelectorAll('.source.highlight')) {
+    other.classList.remove('highlight');
+    const t = sourceText.get(other.id.slice('source-'.length));
+    if (t != null) other.querySelector('.passage').textContent = t;
+  }
   li.classList.add('highlight');
+  highlightPassage(n, btn ? citedText(btn) : '');
   li.scrollIntoView({ behavior: 'smooth', block: 'nearest' });
   li.querySelector('summary').focus({ preventScroll: true });
 }
 
 els.answer.addEventListener('click', (e) => {
   const btn = e.target.closest('button.cite');
-  if (btn) focusSource(btn.dataset.n);
+  if (btn) focusSource(btn.dataset.n, btn);
 });
 
 function showError(msg) {
@@ -312,19 +450,19 @@ function showError(msg) {
 
 function renderMeta(meta, done) {
   const parts = [];
-  if (done.declined) parts.push('declined');
-  if (done.answerer) parts.push('answerer: ' + done.answerer);
-  if (meta.model) parts.push('model: ' + meta.model);
-  if (meta.cached != null) parts.push('cached: ' + (meta.cached ? 'yes' : 'no'));
-  const t = done.timings_ms || {};
-  const ms = (k, label) => { if (t[k] != null) parts.push(`${label} ${Math.round(t[k])} ms`); };
-  ms('retrieve', 'retrieve'); ms('first_token', 'first token'); ms('total', 'total');
+  const badge = (text, cls) => el('span', { class: 'badge ' + cls, text });
+  parts.push(meta.cached ? badge('from cache', 'cached') : badge('fresh answer', 'fresh'));
+  if (done.declined) parts.push(badge('declined: the sources do not answer this', 'declined'));
+  const info = [];
+  if (done.answerer) info.push('answerer ' + done.answerer);
+  if (meta.model) info.push('model ' + meta.model);
   const u = done.usage || {};
-  if (u.prompt_tokens != null || u.completion_tokens != null) {
-    parts.push(`tokens ${u.prompt_tokens ?? 0} in / ${u.completion_tokens ?? 0} out`);
-  }
-  if (typeof u.cost_usd === 'number') parts.push('$' + u.cost_usd.toFixed(4));
-  els.meta.textContent = parts.join(' · ');
+  info.push(`tokens ${u.prompt_tokens ?? 0} in / ${u.completion_tokens ?? 0} out`);
+  if (typeof u.cost_usd === 'number') info.push('cost $' + u.cost_usd.toFixed(4));
+  const t = done.timings_ms || {};
+  const ms = (k, label) => { if (t[k] != null) info.push(`${label} ${Math.round(t[k])} ms`); };
+  ms('retrieve', 'retrieval'); ms('first_token', 'first token'); ms('total', 'total');
+  els.meta.replaceChildren(...parts.flatMap((p) => [p, ' ']), info.join(' · '));
   for (const n of done.citations || []) {
     const li = document.getElementById('source-' + n);
     if (li) li.classList.add('cited');
@@ -332,7 +470,7 @@ function renderMeta(meta, done) {
 }
 
 // Parse an SSE byte stream; calls onEvent(name, data) for each event.
-async function readSSE(body, onEvent) {
+async function readSSE(body, onEvent, onBytes) {
   const reader = body.getReader();
   const decoder = new TextDecoder();
   let buf = '';
@@ -360,6 +498,7 @@ async function readSSE(body, onEvent) {
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
+    onBytes();
     feed(decoder.decode(value, { stream: true }));
     let idx;
     while ((idx = buf.indexOf('\n\n')) >= 0) {
@@ -379,25 +518,37 @@ function setBusy(busy) {
   els.answer.setAttribute('aria-busy', String(busy));
 }
 
+// The server sends keep-alive comments while it waits; this long without a byte means it is gone.
+const STALL_MS = 90_000;
+
 async function ask() {
   const question = els.question.value.trim();
   if (!question || controller) return;
-  controller = new AbortController();
+  const ctl = new AbortController();
+  controller = ctl;
   answerText = '';
   els.answer.replaceChildren();
   els.sources.replaceChildren();
-  els.meta.textContent = '';
+  els.meta.replaceChildren();
   els.errorBox.hidden = true;
   els.errorBox.textContent = '';
   setBusy(true);
   let meta = {};
   let finished = false;
+  let stalled = false;
+  let stallTimer = 0;
+  const alive = () => {
+    clearTimeout(stallTimer);
+    stallTimer = setTimeout(() => { stalled = true; ctl.abort(); }, STALL_MS);
+  };
+  alive();
   try {
+    // Conversations will add a conversation id here (the API already accepts one).
     const res = await fetch('/v1/ask', {
       method: 'POST',
       headers: { 'Content-Type': 'application/json', Accept: 'text/event-stream' },
       body: JSON.stringify({ question, collection: collectionName() }),
-      signal: controller.signal,
+      signal: ctl.signal,
     });
     if (!res.ok) throw await errorFrom(res);
     setStatus('');
@@ -415,32 +566,41 @@ async function ask() {
       } else if (name === 'error') {
         finished = true;
         renderAnswer();
-        showError((data.error && data.error.message) || 'The server reported an error.');
+        const err = data.error || {};
+        showError(describeError(new ApiError(-1, err.code || 'error', err.message || 'The server reported an error.')));
       }
-    });
-    if (!finished) { renderAnswer(); showError('The answer stream ended unexpectedly.'); }
+    }, alive);
+    if (!finished) { renderAnswer(); showError('The answer stream ended before the answer was complete (the server may have restarted). Try again.'); }
   } catch (e) {
     renderAnswer();
-    if (e.name === 'AbortError') {
+    if (e.name === 'AbortError' && stalled) {
+      showError('The server stopped responding in the middle of the answer. Try again.');
+    } else if (e.name === 'AbortError') {
       els.answer.append(el('p', { class: 'stopped', text: '(stopped)' }));
     } else if (e instanceof ApiError) {
-      showError(e.message);
+      showError(describeError(e));
     } else {
-      setStatus('Server unreachable: ' + e.message);
-      showError('Server unreachable: ' + e.message);
+      // fetch() rejects with a TypeError when the server is down or the connection drops.
+      showError(describeError(new ApiError(0, 'unreachable', e.message)));
     }
   } finally {
+    clearTimeout(stallTimer);
     controller = null;
     setBusy(false);
   }
 }
 
+function stop() { if (controller) controller.abort(); }
+
 els.askBtn.addEventListener('click', ask);
-els.stopBtn.addEventListener('click', () => { if (controller) controller.abort(); });
+els.stopBtn.addEventListener('click', stop);
 els.question.addEventListener('keydown', (e) => {
   if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
     e.preventDefault();
     ask();
+  } else if (e.key === 'Escape' && controller) {
+    e.preventDefault();
+    stop();
   }
 });
 

@@ -8,6 +8,7 @@ use axum::Router;
 
 const INDEX: &str = include_str!("../../web/index.html");
 const APP_JS: &str = include_str!("../../web/app.js");
+const MARKDOWN_JS: &str = include_str!("../../web/markdown.js");
 const STYLE: &str = include_str!("../../web/style.css");
 
 /// No remote loads, no inline script: a model answer rendered by mistake still cannot fetch.
@@ -34,6 +35,16 @@ pub fn routes() -> Router<AppState> {
                 (
                     [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
                     APP_JS,
+                )
+                    .into_response()
+            }),
+        )
+        .route(
+            "/markdown.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    MARKDOWN_JS,
                 )
                     .into_response()
             }),

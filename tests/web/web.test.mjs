@@ -1,8 +1,14 @@
-// The web page in a real browser: Debian's chromium driven by playwright-core, against a real
-// kb server on a random loopback port. Screenshots go to test-artifacts/screenshots/.
+// The web page in a real browser: Debian's chromium driven by playwright-core, against real kb
+// servers on random loopback ports. Screenshots of each step go to test-artifacts/web/.
+//
+// Two servers: one with the default extractive answerer (real retrieval, real answers quoted
+// from the uploaded documents), and one whose OpenAI-compatible upstream is a scripted fault
+// injector below: it is what lets the test pace tokens (to see them arrive one by one), keep a
+// stream running (to stop it), answer with hostile Markdown, rate-limit and stall.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createServer } from 'node:http';
 import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -11,21 +17,74 @@ import { chromium } from 'playwright-core';
 const root = resolve(import.meta.dirname, '../..');
 const bin = process.env.KB_BIN;
 const fixtures = process.env.KB_TEST_FIXTURES || join(root, 'test-artifacts/fixtures');
-const shots = join(root, 'test-artifacts/screenshots');
+const shots = join(root, 'test-artifacts/web');
 mkdirSync(shots, { recursive: true });
 
-let server, base, browser, page, tmp;
+let browser, tmp, leak, upstream;
+const servers = [];
 
-function startServer() {
-  tmp = mkdtempSync(join(tmpdir(), 'kb-web-'));
-  server = spawn(bin, ['serve', '--addr', '127.0.0.1:0', '--data-dir', join(tmp, 'data')], {
+function listen(handler) {
+  const srv = createServer(handler);
+  return new Promise((ok) => srv.listen(0, '127.0.0.1', () => ok(srv)));
+}
+const portOf = (srv) => srv.address().port;
+
+// Anything that reaches this port is a leak: the page must never fetch an answer's image.
+const leaked = [];
+
+// The scripted upstream: picks its behaviour from a keyword in the question.
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+async function scripted(req, res) {
+  let body = '';
+  for await (const c of req) body += c;
+  let question = '';
+  try {
+    const msgs = JSON.parse(body).messages || [];
+    const last = msgs.filter((m) => m.role === 'user').pop();
+    question = String(last?.content || '').split('Question:').pop();
+  } catch { /* not JSON: default answer */ }
+  const chunk = (text) => `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: text } }] })}\n\n`;
+  const stream = async (pieces, gapMs) => {
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    for (const p of pieces) {
+      if (res.destroyed) return;
+      res.write(chunk(p));
+      await sleep(gapMs);
+    }
+    res.write(`data: ${JSON.stringify({ choices: [{ index: 0, delta: {}, finish_reason: 'stop' }] })}\n\n`);
+    res.write(`data: ${JSON.stringify({ choices: [], usage: { prompt_tokens: 321, completion_tokens: pieces.length } })}\n\n`);
+    res.end('data: [DONE]\n\n');
+  };
+  if (/leak/i.test(question)) {
+    const url = `http://127.0.0.1:${portOf(leak)}`;
+    await stream([`Look: ![x](${url}/leak?q=secret) and `, `<img src="${url}/leak2"> and `,
+      `[a link](javascript:alert(1)) [1]`], 20);
+  } else if (/slow/i.test(question)) {
+    await stream(Array.from({ length: 300 }, (_, i) => `word${i} `), 200);
+  } else if (/busy/i.test(question)) {
+    res.writeHead(429, { 'content-type': 'application/json', 'retry-after': '600' });
+    res.end(JSON.stringify({ error: { message: 'scripted rate limit' } }));
+  } else if (/stall/i.test(question)) {
+    res.writeHead(200, { 'content-type': 'text/event-stream' }); // and then nothing
+  } else if (/lighthouse/i.test(question)) {
+    await stream(['The ', '**lamp** ', 'turns ', 'once ', 'every ', 'twelve ', 'seconds, ', 'from ', 'dusk ', 'to ', 'dawn ', '[1].'], 120);
+  } else {
+    await stream(['A default answer [1]'], 0);
+  }
+}
+
+function startServer(name, env = {}) {
+  const dir = join(tmp, name);
+  const server = spawn(bin, ['serve', '--addr', '127.0.0.1:0', '--data-dir', join(dir, 'data')], {
     // kb reads every KB_* variable as configuration: pass only the ones meant for it.
     env: {
       ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('KB_') || k === 'KB_MODELS_DIR')),
       KB_LOG: process.env.KB_LOG || 'warn',
+      ...env,
     },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
+  servers.push(server);
   return new Promise((ok, fail) => {
     let buf = '';
     const timer = setTimeout(() => fail(new Error('kb did not start')), 120_000);
@@ -38,72 +97,307 @@ function startServer() {
   });
 }
 
-const shot = (name) => page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
+async function newPage(width = 1100, height = 900) {
+  const page = await browser.newPage({ viewport: { width, height } });
+  page.dialogs = [];
+  page.on('dialog', (d) => { page.dialogs.push(d.message()); d.accept(); });
+  page.requests = [];
+  page.on('request', (r) => page.requests.push(r.url()));
+  // Script errors and CSP violations (an inline script or style would be one) fail the test.
+  page.errors = [];
+  page.on('pageerror', (e) => page.errors.push(e.message));
+  page.on('console', (m) => { if (/Content Security Policy/i.test(m.text())) page.errors.push(m.text()); });
+  return page;
+}
+const shot = (page, name) => page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
+
+function assertOnlySelf(page, base) {
+  for (const u of page.requests) assert.ok(u.startsWith(base) || u.startsWith('data:'), `unexpected request ${u}`);
+  assert.deepEqual(leaked, [], 'nothing reached the leak listener');
+  assert.deepEqual(page.errors, [], 'no script errors or CSP violations');
+}
+
+// Count the answer's renders while a question streams; resolves with the count seen before the
+// answer's metadata (written at `done`) appeared.
+async function watchAnswer(page) {
+  await page.evaluate(() => {
+    window.__renders = 0;
+    window.__rendersBeforeDone = null;
+    window.__obs?.disconnect();
+    window.__obs = new MutationObserver(() => {
+      if (document.querySelector('#answer-meta').textContent) {
+        if (window.__rendersBeforeDone == null) window.__rendersBeforeDone = window.__renders;
+      } else if (document.querySelector('#answer').textContent) {
+        window.__renders++;
+      }
+    });
+    window.__obs.observe(document.querySelector('#answer'), { childList: true, subtree: true, characterData: true });
+    window.__obs.observe(document.querySelector('#answer-meta'), { childList: true, subtree: true, characterData: true });
+  });
+}
+
+async function ask(page, question) {
+  await page.fill('#question', question);
+  await page.press('#question', 'Enter');
+}
 
 before(async () => {
   assert.ok(bin, 'KB_BIN must point at the kb binary');
-  base = await startServer();
+  tmp = mkdtempSync(join(tmpdir(), 'kb-web-'));
+  leak = await listen((req, res) => { leaked.push(req.url); res.end('leaked'); });
+  upstream = await listen((req, res) => { scripted(req, res).catch(() => res.destroy()); });
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
-  page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
-  page.on('dialog', (d) => d.accept());
 });
 
 after(async () => {
   await browser?.close();
-  server?.kill('SIGKILL');
+  for (const s of servers) s.kill('SIGKILL');
+  leak?.close();
+  upstream?.closeAllConnections?.();
+  upstream?.close();
   if (tmp) rmSync(tmp, { recursive: true, force: true });
 });
 
-test('upload, watch indexing, ask, follow a citation, delete', async () => {
-  const requests = [];
-  page.on('request', (r) => requests.push(r.url()));
+test('upload, watch indexing, ask, follow a citation, new version, filter, delete', async () => {
+  const base = await startServer('extractive');
+  const page = await newPage();
   await page.goto(base + '/');
+  // A new collection: typed, then created by the first upload.
   await page.fill('#collection', 'web');
   await page.press('#collection', 'Enter');
+  await page.waitForFunction(() => /does not exist yet/.test(document.querySelector('#docs-empty').textContent));
 
-  // Upload a PDF and an HTML page; both reach "ready" through the job event streams.
-  await page.setInputFiles('#file-input', [join(fixtures, 'bashref-3pages.pdf'), join(fixtures, 'gzip.html')]);
+  // Upload a PDF, an HTML page and a note whose text holds a Markdown image; all reach "ready"
+  // through the job event streams.
+  const note = join(tmp, 'beacon-notes.txt');
+  writeFileSync(note, 'Harbour log, spring season.\n\n' +
+    `The harbour beacon flashes green twice ![x](http://127.0.0.1:${portOf(leak)}/leak?q=secret) every night at the pier.\n\n` +
+    'Fishing boats return before the tide turns.\n');
+  await page.setInputFiles('#file-input', [join(fixtures, 'bashref-3pages.pdf'), join(fixtures, 'gzip.html'), note]);
   await page.waitForFunction(() => {
     const items = [...document.querySelectorAll('#upload-list li')];
-    return items.length === 2 && items.every((li) => /ready/.test(li.textContent));
+    return items.length === 3 && items.every((li) => /ready/.test(li.textContent));
   }, null, { timeout: 240_000 });
-  await shot('1-uploaded');
-  await page.waitForFunction(() => document.querySelectorAll('#docs-table tbody tr').length === 2, null, { timeout: 30_000 });
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll('#docs-table tbody tr')];
+    return rows.length === 3 && rows.every((r) => /ready/.test(r.textContent));
+  }, null, { timeout: 30_000 });
+  await shot(page, '1-uploaded');
   const table = await page.textContent('#docs-table');
   assert.match(table, /bashref-3pages\.pdf/);
   assert.match(table, /gzip\.html/);
-  assert.match(table, /ready/);
+  // name, type, size, pages, chunks, status, updated
+  const cells = await page.locator('#docs-table tbody tr', { hasText: 'bashref-3pages.pdf' }).locator('td').allTextContents();
+  assert.equal(cells[1], 'pdf');
+  assert.match(cells[2], /^1\.\d MB$/, 'size');
+  assert.equal(cells[3], '3', 'pages');
+  assert.match(cells[4], /^[1-9]\d*$/, 'chunks');
+  assert.equal(cells[5], 'ready');
+  assert.ok(!Number.isNaN(Date.parse(cells[6])), `updated time: ${cells[6]}`);
 
-  // Ask; the answer and its sources appear.
-  await page.fill('#question', 'What is the Bash escape character?');
+  // Ask (Shift+Enter is a new line, Enter sends); the answer and its sources appear.
+  await page.fill('#question', 'What is the Bash');
+  await page.press('#question', 'Shift+Enter');
+  await page.type('#question', 'escape character?');
+  assert.equal(await page.inputValue('#question'), 'What is the Bash\nescape character?');
+  assert.equal(await page.textContent('#answer'), '', 'Shift+Enter did not send');
   await page.press('#question', 'Enter');
   await page.waitForFunction(() => document.querySelector('#answer-meta').textContent.length > 0, null, { timeout: 60_000 });
-  await shot('2-answered');
+  await shot(page, '2-answered');
   const answer = await page.textContent('#answer');
   assert.match(answer.toLowerCase(), /backslash/);
-  const nSources = await page.locator('#sources li.source').count();
-  assert.ok(nSources >= 1, 'sources listed');
+  assert.match(await page.textContent('#answer-meta'), /fresh answer|from cache/);
+  assert.match(await page.textContent('#answer-meta'), /tokens \d+ in \/ \d+ out/);
+  assert.match(await page.textContent('#answer-meta'), /total \d+ ms/);
+  assert.ok(await page.locator('#sources li.source').count() >= 1, 'sources listed');
   assert.match(await page.textContent('#sources'), /bashref-3pages\.pdf/);
+  assert.match(await page.textContent('#sources'), /score \d\.\d{3}/);
 
-  // Clicking a citation highlights its source.
+  // Clicking a citation opens its source with the quoted sentences highlighted.
   const cite = page.locator('#answer .cite').first();
   const n = await cite.getAttribute('data-n');
   await cite.click();
-  await page.waitForSelector(`#source-${n}.highlight`);
-  await shot('3-citation');
+  await page.waitForSelector(`#source-${n}.highlight details[open] .passage mark`);
+  const marked = await page.$$eval(`#source-${n} .passage mark`, (ms) => ms.map((m) => m.textContent));
+  const norm = (t) => t.replace(/\s+/g, ' ').trim().toLowerCase();
+  assert.match(norm(marked.join(' ')), /backslash/, 'the cited sentence is marked');
+  for (const m of marked) assert.ok(norm(answer).includes(norm(m)), `marked text comes from the answer: ${m}`);
+  const passage = await page.textContent(`#source-${n} .passage`);
+  assert.ok(norm(marked.join(' ')).length < norm(passage).length, 'only part of the passage is marked');
+  await shot(page, '3-citation');
 
-  // Delete the HTML document.
-  const row = page.locator('#docs-table tbody tr', { hasText: 'gzip.html' });
-  await row.locator('button.delete').click();
+  // An answer quoting a document that contains a Markdown image: shown as text, nothing fetched.
+  await ask(page, 'What does the harbour beacon flash every night at the pier?');
+  await page.waitForFunction(() => document.querySelector('#answer-meta').textContent.length > 0, null, { timeout: 60_000 });
+  await shot(page, '4-image-in-source');
+  assert.match(await page.textContent('#answer'), /harbour beacon flashes green/);
+  assert.match(await page.textContent('#answer'), /\[image: x\]/);
+  assert.equal(await page.locator('#answer img').count(), 0);
+
+  // A new version of the note, through its row's button: version 2, ready.
+  const v2 = join(tmp, 'beacon-v2.txt');
+  writeFileSync(v2, 'Harbour log, summer season.\n\nThe harbour beacon now flashes white three times.\n');
+  const noteRow = page.locator('#docs-table tbody tr', { hasText: 'beacon-notes.txt' });
+  const [chooser] = await Promise.all([page.waitForEvent('filechooser'), noteRow.locator('button.new-version').click()]);
+  await chooser.setFiles(v2);
+  await page.waitForFunction(() => {
+    const row = [...document.querySelectorAll('#docs-table tbody tr')].find((r) => r.textContent.includes('beacon-notes.txt'));
+    return row && / v2/.test(row.textContent) && /ready/.test(row.textContent);
+  }, null, { timeout: 60_000 });
+  await shot(page, '5-new-version');
+  let docs = await fetch(`${base}/v1/collections/web/documents`).then((r) => r.json());
+  assert.equal(docs.documents.find((d) => d.name === 'beacon-notes.txt').version, 2);
+  assert.equal(docs.documents.length, 3);
+
+  // Filter by name.
+  await page.fill('#docs-filter', 'GZIP');
+  await page.waitForFunction(() => document.querySelectorAll('#docs-table tbody tr').length === 1);
+  assert.match(await page.textContent('#docs-table tbody'), /gzip\.html/);
+  assert.match(await page.textContent('#docs-count'), /1 of 3/);
+  await shot(page, '6-filtered');
+
+  // Delete the HTML document, after a confirmation that names it.
+  await page.locator('#docs-table tbody tr', { hasText: 'gzip.html' }).locator('button.delete').click();
   await page.waitForFunction(() => !document.querySelector('#docs-table').textContent.includes('gzip.html'), null, { timeout: 30_000 });
-  await shot('4-deleted');
-  const res = await fetch(`${base}/v1/collections/web/documents`).then((r) => r.json());
-  assert.deepEqual(res.documents.map((d) => d.name), ['bashref-3pages.pdf']);
+  assert.equal(page.dialogs.length, 1);
+  assert.match(page.dialogs[0], /Delete "gzip\.html"/);
+  await page.fill('#docs-filter', '');
+  await page.waitForFunction(() => document.querySelectorAll('#docs-table tbody tr').length === 2);
+  await shot(page, '7-deleted');
+  docs = await fetch(`${base}/v1/collections/web/documents`).then((r) => r.json());
+  assert.deepEqual(docs.documents.map((d) => d.name).sort(), ['bashref-3pages.pdf', 'beacon-notes.txt']);
 
-  // Nothing was fetched from anywhere but the server itself.
-  for (const u of requests) assert.ok(u.startsWith(base) || u.startsWith('data:'), `unexpected request ${u}`);
+  // Readable at phone width: nothing wider than the screen but the table's own scroller.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await shot(page, '8-phone');
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `page is ${overflow}px wider than a phone`);
+
+  // Hostile Markdown straight into the renderer: no element that could fetch or run anything.
+  const out = await page.evaluate(async (leakUrl) => {
+    const { renderMarkdown } = await import('/markdown.js');
+    const div = document.createElement('div');
+    document.body.append(div);
+    div.append(renderMarkdown([
+      `![a](${leakUrl}/1) ![](${leakUrl}/2 "t") [![b](${leakUrl}/3)](https://example.com/)`,
+      `<img src="${leakUrl}/4" onerror="window.__pwned=1"> <script>window.__pwned=1</script>`,
+      '[js](javascript:window.__pwned=1) [data](data:text/html,x) [rel](/v1/info) <javascript:x>',
+      '[ok](https://example.org/a_(b)) **bold _and em_** `<b>code</b>` [2]',
+      '```html\n' + `<iframe src="${leakUrl}/5"></iframe>` + '\n```',
+      '- one\n- two\n  1. nested',
+    ].join('\n\n')));
+    await new Promise((r) => setTimeout(r, 300));
+    const r = {
+      fetching: div.querySelectorAll('img, script, iframe, object, embed, video, audio, source, link, style, svg').length,
+      links: [...div.querySelectorAll('a')].map((a) => [a.getAttribute('href'), a.rel, a.textContent]),
+      pwned: window.__pwned || 0,
+      strong: div.querySelector('strong em')?.textContent,
+      code: div.querySelector('p code')?.textContent,
+      pre: div.querySelector('pre code')?.textContent,
+      cite: div.querySelector('.cite')?.dataset.n,
+      nested: div.querySelector('ul li ol li')?.textContent,
+      text: div.textContent,
+    };
+    div.remove();
+    return r;
+  }, `http://127.0.0.1:${portOf(leak)}`);
+  assert.equal(out.fetching, 0);
+  assert.equal(out.pwned, 0);
+  assert.deepEqual(out.links, [
+    ['https://example.com/', 'noopener noreferrer nofollow', '[image: b]'],
+    ['https://example.org/a_(b)', 'noopener noreferrer nofollow', 'ok'],
+  ]);
+  assert.equal(out.strong, 'and em');
+  assert.equal(out.code, '<b>code</b>');
+  assert.equal(out.pre, `<iframe src="http://127.0.0.1:${portOf(leak)}/5"></iframe>`);
+  assert.equal(out.cite, '2');
+  assert.equal(out.nested, 'nested');
+  assert.match(out.text, /\[image: a\] \[image\]/);
+  assert.match(out.text, /<img src=/, 'raw HTML shows as text');
+
+  await sleep(500);
+  assertOnlySelf(page, base);
+  await page.close();
+});
+
+test('streaming, stop, hostile model output, upstream errors, server down', async () => {
+  const base = await startServer('llm', {
+    KB_LLM__PROVIDER: 'openai',
+    KB_LLM__MODEL: 'scripted',
+    KB_LLM__BASE_URL: `http://127.0.0.1:${portOf(upstream)}/v1`,
+    KB_LLM__FIRST_TOKEN_TIMEOUT_SECS: '1',
+  });
+  const page = await newPage(390, 844); // phone width throughout
+  await page.goto(base + '/');
+  await page.fill('#collection', 'llm');
+  await page.press('#collection', 'Enter');
+  const doc = join(tmp, 'lighthouse.txt');
+  writeFileSync(doc, 'The lighthouse lamp turns once every twelve seconds, from dusk to dawn.\n');
+  await page.setInputFiles('#file-input', doc);
+  await page.waitForFunction(() => /ready/.test(document.querySelector('#upload-list li')?.textContent || ''), null, { timeout: 60_000 });
+
+  // Tokens arrive one by one: the answer is rendered several times before `done`.
+  await watchAnswer(page);
+  await ask(page, 'How often does the lighthouse lamp turn?');
+  await page.waitForFunction(() => document.querySelector('#answer-meta').textContent.length > 0, null, { timeout: 60_000 });
+  const before = await page.evaluate(() => window.__rendersBeforeDone);
+  assert.ok(before >= 3, `answer rendered ${before} times before done`);
+  assert.equal(await page.textContent('#answer strong'), 'lamp');
+  assert.match(await page.textContent('#answer'), /twelve seconds/);
+  assert.match(await page.textContent('#answer-meta'), /tokens 321 in \/ 12 out/);
+  assert.match(await page.textContent('#answer-meta'), /model scripted/);
+  await page.locator('#answer .cite[data-n="1"]').click();
+  await page.waitForSelector('#source-1.highlight .passage mark');
+  await shot(page, '9-streamed');
+
+  // A model answer with an image, raw HTML and a javascript: link: text, nothing fetched.
+  await ask(page, 'Does the lighthouse leak?');
+  await page.waitForFunction(() => document.querySelector('#answer-meta').textContent.length > 0, null, { timeout: 60_000 });
+  assert.equal(await page.locator('#answer img, #answer a').count(), 0);
+  const hostile = await page.textContent('#answer');
+  assert.match(hostile, /\[image: x\]/);
+  assert.match(hostile, /<img src=/);
+  await shot(page, '10-hostile-model-output');
+
+  // Stop a running answer: the stream ends, the page is usable again, nothing more arrives.
+  await ask(page, 'Tell me about the lighthouse, slowly.');
+  await page.waitForFunction(() => /word3 /.test(document.querySelector('#answer').textContent), null, { timeout: 30_000 });
+  assert.equal(await page.isEnabled('#stop-btn'), true);
+  await page.click('#stop-btn');
+  await page.waitForSelector('#answer .stopped');
+  const stoppedAt = await page.textContent('#answer');
+  await sleep(1000);
+  assert.equal(await page.textContent('#answer'), stoppedAt, 'nothing arrives after Stop');
+  assert.equal(await page.isEnabled('#ask-btn'), true);
+  assert.equal(await page.isHidden('#ask-spinner'), true);
+  assert.equal(await page.textContent('#answer-meta'), '');
+  await shot(page, '11-stopped');
+
+  // Upstream rate limit and timeout: readable messages, no spinner left turning.
+  await ask(page, 'Is the lighthouse busy?');
+  await page.waitForSelector('#error-box:not([hidden])', { timeout: 30_000 });
+  assert.match(await page.textContent('#error-box'), /rate-limiting/);
+  assert.equal(await page.isHidden('#ask-spinner'), true);
+  await shot(page, '12-rate-limited');
+  await ask(page, 'Does the lighthouse stall?');
+  await page.waitForFunction(() => /did not answer in time/.test(document.querySelector('#error-box').textContent), null, { timeout: 60_000 });
+  assert.equal(await page.isHidden('#ask-spinner'), true);
+  await shot(page, '13-timeout');
+
+  // The server goes away: the page says so.
+  const srv = servers[servers.length - 1];
+  srv.kill('SIGKILL');
+  await new Promise((r) => srv.exitCode != null || srv.signalCode != null ? r() : srv.once('exit', r));
+  await ask(page, 'How often does the lighthouse lamp turn?');
+  await page.waitForFunction(() => /Cannot reach the kb server/.test(document.querySelector('#error-box').textContent), null, { timeout: 30_000 });
+  assert.equal(await page.isEnabled('#ask-btn'), true);
+  assert.equal(await page.isHidden('#ask-spinner'), true);
+  await shot(page, '14-server-down');
+
+  assertOnlySelf(page, base);
+  await page.close();
 });
