@@ -17,7 +17,7 @@ use common::{
     env_usize, mb, num, per_sec, pin_current_thread, pin_timer_thread, ratio, root, sections,
     time_per_call, unpin_current_thread, wanted, Table,
 };
-use kb::models::local_embed::LocalEmbedder;
+use kb::models::local_embed::{Engine, LocalEmbedder};
 use kb::models::{Embedder, Priority};
 use kb_ingest::{Chunk, ChunkConfig, ExtractedDoc, Heading, Limits, MediaType};
 use std::path::{Path, PathBuf};
@@ -546,12 +546,19 @@ fn embedding(tokenizer: &Tokenizer, chunks: &[Chunk], rounds: usize) -> Result<(
     }
 
     let dir = models_dir().join(MODEL);
-    // The model thread (and the threads it starts) must not inherit this thread's pin.
+    // The model threads must not inherit this thread's pin.
     unpin_current_thread();
-    let embedder = LocalEmbedder::load(&dir, MODEL)
-        .with_context(|| format!("loading the embedder from {}", dir.display()))?;
+    let engines = [("candle", Engine::Candle), ("native", Engine::Native)];
+    let mut loaded = Vec::new();
+    for (name, e) in engines {
+        loaded.push((
+            name,
+            LocalEmbedder::load_with(&dir, MODEL, e, 0)
+                .with_context(|| format!("loading the embedder from {}", dir.display()))?,
+        ));
+    }
     pin_current_thread();
-    let max_input = embedder.max_input_tokens();
+    let max_input = loaded[0].1.max_input_tokens();
     // Tokens the model reads: with [CLS] and [SEP], truncated as the embedder does.
     let tokens: usize = texts
         .iter()
@@ -565,26 +572,36 @@ fn embedding(tokenizer: &Tokenizer, chunks: &[Chunk], rounds: usize) -> Result<(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let embed = |batch: &[String]| -> Result<()> {
-        let vectors = rt.block_on(embedder.embed(batch.to_vec(), Priority::Bulk))?;
+    let embed = |e: &LocalEmbedder, batch: &[String]| -> Result<Vec<Vec<f32>>> {
+        let vectors = rt.block_on(e.embed(batch.to_vec(), Priority::Bulk))?;
         anyhow::ensure!(
             vectors.len() == batch.len(),
             "embedder returned too few vectors"
         );
-        Ok(())
+        Ok(vectors)
     };
-    embed(&texts[..texts.len().min(8)])?; // warm-up
+    // Same vectors: the native engine against candle's, text by text.
+    let reference = embed(&loaded[0].1, &texts)?;
+    let native = embed(&loaded[1].1, &texts)?;
+    let min_cos = reference
+        .iter()
+        .zip(&native)
+        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>())
+        .fold(f32::INFINITY, f32::min);
 
     let sizes = [1usize, 8, 16];
-    let mut best = [f64::INFINITY; 3];
+    // best[engine][size], seconds; engines alternate within a round so noise hits both.
+    let mut best = vec![[f64::INFINITY; 3]; loaded.len()];
     for round in 0..rounds {
         eprintln!("embed: round {}/{rounds}", round + 1);
         for (i, &b) in sizes.iter().enumerate() {
-            let t = Instant::now();
-            for group in texts.chunks(b) {
-                embed(group)?;
+            for (ei, (_, e)) in loaded.iter().enumerate() {
+                let t = Instant::now();
+                for group in texts.chunks(b) {
+                    embed(e, group)?;
+                }
+                best[ei][i] = best[ei][i].min(t.elapsed().as_secs_f64());
             }
-            best[i] = best[i].min(t.elapsed().as_secs_f64());
         }
     }
 
@@ -594,23 +611,38 @@ fn embedding(tokenizer: &Tokenizer, chunks: &[Chunk], rounds: usize) -> Result<(
             texts.len(),
             tokens as f64 / texts.len() as f64
         ),
-        &["batch", "tokens/s", "chunks/s", "vs batch 1"],
+        &[
+            "engine",
+            "batch",
+            "tokens/s",
+            "chunks/s",
+            "vs candle batch 8",
+        ],
     );
-    for (i, &b) in sizes.iter().enumerate() {
-        let name = if b == 1 {
-            "1 (baseline)".to_string()
-        } else {
-            b.to_string()
-        };
-        table.row(vec![
-            name,
-            num(tokens as f64 / best[i]),
-            num(texts.len() as f64 / best[i]),
-            ratio(best[0], best[i]),
-        ]);
+    let base = best[0][1];
+    for (ei, (name, _)) in loaded.iter().enumerate() {
+        for (i, &b) in sizes.iter().enumerate() {
+            let label = if ei == 0 && b == 8 {
+                "8 (baseline)".to_string()
+            } else {
+                b.to_string()
+            };
+            table.row(vec![
+                name.to_string(),
+                label,
+                num(tokens as f64 / best[ei][i]),
+                num(texts.len() as f64 / best[ei][i]),
+                ratio(base, best[ei][i]),
+            ]);
+        }
     }
-    table.note("tokens include [CLS] and [SEP]; padding within a batch is not counted");
+    table.note(format!(
+        "tokens include [CLS] and [SEP]; padding within a batch is not counted; \
+         lowest cosine between the engines' vectors: {min_cos:.6}"
+    ));
     table.print();
-    embedder.shutdown();
+    for (_, e) in &loaded {
+        e.shutdown();
+    }
     Ok(())
 }

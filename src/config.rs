@@ -72,6 +72,8 @@ pub struct EmbeddingConfig {
     pub batch_size: usize,
     /// Threads the local embedder may use (0 = all cores).
     pub threads: usize,
+    /// Local engine: `native` (kb's encoder) or `candle`.
+    pub engine: String,
 }
 
 impl Default for EmbeddingConfig {
@@ -84,6 +86,7 @@ impl Default for EmbeddingConfig {
             dim: None,
             batch_size: 8,
             threads: 0,
+            engine: "native".into(),
         }
     }
 }
@@ -328,6 +331,7 @@ impl Config {
                 "retrieval.rrf_k and the fusion weights must be >= 0, with one weight > 0"
             );
         }
+        crate::models::local_embed::Engine::parse(&self.embedding.engine)?;
         if self.embedding.batch_size == 0 {
             anyhow::bail!("embedding.batch_size must be at least 1");
         }

@@ -96,8 +96,11 @@ fn build_embedder(cfg: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
             } else {
                 cfg.models_dir.join(&e.model)
             };
-            Ok(Arc::new(models::local_embed::LocalEmbedder::load(
-                &dir, &e.model,
+            Ok(Arc::new(models::local_embed::LocalEmbedder::load_with(
+                &dir,
+                &e.model,
+                models::local_embed::Engine::parse(&e.engine)?,
+                e.threads,
             )?))
         }
         "openai" => {

@@ -1,0 +1,506 @@
+//! A BERT encoder for sentence embeddings, written for CPU throughput: the forward pass of
+//! `BertModel` (post-LayerNorm, absolute positions, GELU) in f32, on raw slices.
+//!
+//! Why not candle's `BertModel`: on this workload (256-token chunks) its matrix products run at
+//! the same speed as here (both use the `gemm` crate), but the rest — padding every sequence to
+//! the batch's longest, attention as reshaped/transposed tensors with copies, unfused softmax,
+//! GELU and LayerNorm — took more time than the products. Here:
+//! - sequences are never padded: the linear layers run on all tokens of the batch stacked
+//!   (they do not care where a sequence ends) and attention runs per sequence and head;
+//! - Q, K and V are one product with the three weight matrices stacked;
+//! - bias, GELU, residual and LayerNorm are fused loops over rows;
+//! - work runs on a dedicated rayon pool of a fixed size, so inference has its own thread
+//!   budget and does not compete with the async runtime's workers.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+use safetensors::SafeTensors;
+use std::path::Path;
+
+/// The architecture numbers, from the model's `config.json`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct BertDims {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f32,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+}
+
+fn default_eps() -> f32 {
+    1e-12
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+
+struct Layer {
+    /// Q, K and V weights stacked: [3H, H], rows are output features.
+    wqkv: Vec<f32>,
+    bqkv: Vec<f32>,
+    wo: Vec<f32>,
+    bo: Vec<f32>,
+    ln1_g: Vec<f32>,
+    ln1_b: Vec<f32>,
+    w1: Vec<f32>,
+    b1: Vec<f32>,
+    w2: Vec<f32>,
+    b2: Vec<f32>,
+    ln2_g: Vec<f32>,
+    ln2_b: Vec<f32>,
+}
+
+pub struct Bert {
+    d: BertDims,
+    word: Vec<f32>,
+    pos: Vec<f32>,
+    /// Token type 0 (single-segment input).
+    type0: Vec<f32>,
+    ln_g: Vec<f32>,
+    ln_b: Vec<f32>,
+    layers: Vec<Layer>,
+    pool: rayon::ThreadPool,
+    threads: usize,
+}
+
+fn tensor(st: &SafeTensors, prefix: &str, name: &str, len: usize) -> anyhow::Result<Vec<f32>> {
+    let t = st
+        .tensor(&format!("{prefix}{name}"))
+        .map_err(|e| anyhow::anyhow!("tensor {prefix}{name}: {e}"))?;
+    if t.dtype() != safetensors::Dtype::F32 {
+        anyhow::bail!("tensor {name} is {:?}; only F32 is supported", t.dtype());
+    }
+    let data = t.data();
+    if data.len() != len * 4 {
+        anyhow::bail!(
+            "tensor {name} has {} values, expected {len}",
+            data.len() / 4
+        );
+    }
+    Ok(data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+impl Bert {
+    /// Load weights from a sentence-transformers / Hugging Face `model.safetensors` (with or
+    /// without the `bert.` prefix). `threads` = 0 uses every core.
+    pub fn load(weights: &Path, d: BertDims, threads: usize) -> anyhow::Result<Bert> {
+        if d.hidden_act != "gelu" {
+            anyhow::bail!("hidden_act `{}` is not supported (gelu only)", d.hidden_act);
+        }
+        if d.num_attention_heads == 0 || d.hidden_size % d.num_attention_heads != 0 {
+            anyhow::bail!("hidden_size must be a multiple of num_attention_heads");
+        }
+        let bytes = std::fs::read(weights)?;
+        let st = SafeTensors::deserialize(&bytes)?;
+        let prefix = if st.names().iter().any(|n| n.starts_with("bert.")) {
+            "bert."
+        } else {
+            ""
+        };
+        let (h, i) = (d.hidden_size, d.intermediate_size);
+        let t = |name: &str, len: usize| tensor(&st, prefix, name, len);
+        let type_all = t("embeddings.token_type_embeddings.weight", 2 * h)
+            .or_else(|_| t("embeddings.token_type_embeddings.weight", h))?;
+        let mut layers = Vec::with_capacity(d.num_hidden_layers);
+        for l in 0..d.num_hidden_layers {
+            let p = format!("encoder.layer.{l}.");
+            let mut wqkv = t(&format!("{p}attention.self.query.weight"), h * h)?;
+            wqkv.extend(t(&format!("{p}attention.self.key.weight"), h * h)?);
+            wqkv.extend(t(&format!("{p}attention.self.value.weight"), h * h)?);
+            let mut bqkv = t(&format!("{p}attention.self.query.bias"), h)?;
+            bqkv.extend(t(&format!("{p}attention.self.key.bias"), h)?);
+            bqkv.extend(t(&format!("{p}attention.self.value.bias"), h)?);
+            layers.push(Layer {
+                wqkv,
+                bqkv,
+                wo: t(&format!("{p}attention.output.dense.weight"), h * h)?,
+                bo: t(&format!("{p}attention.output.dense.bias"), h)?,
+                ln1_g: t(&format!("{p}attention.output.LayerNorm.weight"), h)?,
+                ln1_b: t(&format!("{p}attention.output.LayerNorm.bias"), h)?,
+                w1: t(&format!("{p}intermediate.dense.weight"), i * h)?,
+                b1: t(&format!("{p}intermediate.dense.bias"), i)?,
+                w2: t(&format!("{p}output.dense.weight"), h * i)?,
+                b2: t(&format!("{p}output.dense.bias"), h)?,
+                ln2_g: t(&format!("{p}output.LayerNorm.weight"), h)?,
+                ln2_b: t(&format!("{p}output.LayerNorm.bias"), h)?,
+            });
+        }
+        let threads = if threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("kb-embed-{i}"))
+            .build()?;
+        Ok(Bert {
+            word: t("embeddings.word_embeddings.weight", d.vocab_size * h)?,
+            pos: t(
+                "embeddings.position_embeddings.weight",
+                d.max_position_embeddings * h,
+            )?,
+            type0: type_all[..h].to_vec(),
+            ln_g: t("embeddings.LayerNorm.weight", h)?,
+            ln_b: t("embeddings.LayerNorm.bias", h)?,
+            layers,
+            d,
+            pool,
+            threads,
+        })
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.d.hidden_size
+    }
+
+    /// Mean-pooled, L2-normalised embeddings of token-id sequences (each already carrying its
+    /// special tokens and at most `max_position_embeddings` long).
+    pub fn embed(&self, seqs: &[Vec<u32>]) -> anyhow::Result<Vec<Vec<f32>>> {
+        for s in seqs {
+            if s.is_empty() || s.len() > self.d.max_position_embeddings {
+                anyhow::bail!("sequence length {} out of range", s.len());
+            }
+            if let Some(&bad) = s.iter().find(|&&id| id as usize >= self.d.vocab_size) {
+                anyhow::bail!("token id {bad} outside the vocabulary");
+            }
+        }
+        if seqs.is_empty() {
+            return Ok(vec![]);
+        }
+        Ok(self.pool.install(|| self.forward(seqs)))
+    }
+
+    fn forward(&self, seqs: &[Vec<u32>]) -> Vec<Vec<f32>> {
+        let h = self.d.hidden_size;
+        let inter = self.d.intermediate_size;
+        let heads = self.d.num_attention_heads;
+        let eps = self.d.layer_norm_eps;
+        let starts: Vec<usize> = seqs
+            .iter()
+            .scan(0, |acc, s| {
+                let st = *acc;
+                *acc += s.len();
+                Some(st)
+            })
+            .collect();
+        let total: usize = seqs.iter().map(|s| s.len()).sum();
+        let par = if self.threads > 1 {
+            Parallelism::Rayon(self.threads)
+        } else {
+            Parallelism::None
+        };
+
+        // Embeddings + LayerNorm.
+        let mut x = vec![0f32; total * h];
+        let rows: Vec<(usize, u32)> = seqs
+            .iter()
+            .flat_map(|s| s.iter().enumerate().map(|(p, &id)| (p, id)))
+            .collect();
+        x.par_chunks_mut(h)
+            .zip(rows.par_iter())
+            .for_each(|(row, &(p, id))| {
+                let w = &self.word[id as usize * h..][..h];
+                let pe = &self.pos[p * h..][..h];
+                for j in 0..h {
+                    row[j] = w[j] + pe[j] + self.type0[j];
+                }
+                layer_norm(row, &self.ln_g, &self.ln_b, eps);
+            });
+
+        let mut qkv = vec![0f32; total * 3 * h];
+        let mut ctx = vec![0f32; total * h];
+        let mut tmp = vec![0f32; total * h];
+        let mut mid = vec![0f32; total * inter];
+        let prof = std::env::var("KB_BERT_PROFILE").is_ok();
+        let mut tm = [0f64; 6];
+        let mut clock = std::time::Instant::now();
+        let mut lap = |i: usize, tm: &mut [f64; 6]| {
+            if prof {
+                tm[i] += clock.elapsed().as_secs_f64();
+                clock = std::time::Instant::now();
+            }
+        };
+        for l in &self.layers {
+            lap(5, &mut tm);
+            // Q, K, V in one product.
+            linear(&x, total, h, &l.wqkv, &l.bqkv, 3 * h, &mut qkv, par);
+            lap(0, &mut tm);
+            attention(&qkv, &mut ctx, seqs, &starts, h, heads);
+            lap(1, &mut tm);
+            // Output projection, residual, LayerNorm.
+            linear(&ctx, total, h, &l.wo, &l.bo, h, &mut tmp, par);
+            lap(0, &mut tm);
+            x.par_chunks_mut(h)
+                .zip(tmp.par_chunks(h))
+                .for_each(|(xr, tr)| {
+                    for j in 0..h {
+                        xr[j] += tr[j];
+                    }
+                    layer_norm(xr, &l.ln1_g, &l.ln1_b, eps);
+                });
+            lap(2, &mut tm);
+            // Feed-forward.
+            linear(&x, total, h, &l.w1, &l.b1, inter, &mut mid, par);
+            lap(0, &mut tm);
+            mid.par_chunks_mut(inter)
+                .for_each(|r| r.iter_mut().for_each(|v| *v = gelu(*v)));
+            lap(3, &mut tm);
+            linear(&mid, total, inter, &l.w2, &l.b2, h, &mut tmp, par);
+            lap(0, &mut tm);
+            x.par_chunks_mut(h)
+                .zip(tmp.par_chunks(h))
+                .for_each(|(xr, tr)| {
+                    for j in 0..h {
+                        xr[j] += tr[j];
+                    }
+                    layer_norm(xr, &l.ln2_g, &l.ln2_b, eps);
+                });
+            lap(2, &mut tm);
+        }
+
+        lap(5, &mut tm);
+        if prof {
+            eprintln!(
+                "linear {:.1} ms, attention {:.1}, residual+ln {:.1}, gelu {:.1}, other {:.1}",
+                tm[0] * 1e3,
+                tm[1] * 1e3,
+                tm[2] * 1e3,
+                tm[3] * 1e3,
+                tm[5] * 1e3
+            );
+        }
+        // Mean pooling over each sequence's tokens, then L2 normalisation.
+        seqs.iter()
+            .zip(&starts)
+            .map(|(s, &st)| {
+                let mut v = vec![0f32; h];
+                for r in 0..s.len() {
+                    let row = &x[(st + r) * h..][..h];
+                    for j in 0..h {
+                        v[j] += row[j];
+                    }
+                }
+                let n = s.len() as f32;
+                v.iter_mut().for_each(|a| *a /= n);
+                let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
+                v.iter_mut().for_each(|a| *a /= norm);
+                v
+            })
+            .collect()
+    }
+}
+
+/// `out[rows, n] = x[rows, k] · wᵀ + b`, with `w` as [n, k] (PyTorch's Linear layout).
+#[allow(clippy::too_many_arguments)]
+fn linear(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    w: &[f32],
+    b: &[f32],
+    n: usize,
+    out: &mut [f32],
+    par: Parallelism,
+) {
+    debug_assert_eq!(x.len(), rows * k);
+    debug_assert_eq!(w.len(), n * k);
+    let out = &mut out[..rows * n];
+    out.par_chunks_mut(n).for_each(|r| r.copy_from_slice(b));
+    // SAFETY: the slices hold exactly the rows x columns the strides describe (asserted above).
+    unsafe {
+        gemm::gemm(
+            rows,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// Self-attention of every sequence and head, without padding or masks. `qkv` rows are
+/// `[q | k | v]`, each `h` wide; `ctx` gets the heads' outputs side by side.
+fn attention(
+    qkv: &[f32],
+    ctx: &mut [f32],
+    seqs: &[Vec<u32>],
+    starts: &[usize],
+    h: usize,
+    heads: usize,
+) {
+    let dh = h / heads;
+    let scale = 1.0 / (dh as f32).sqrt();
+    let stride = 3 * h;
+    // Each task writes a disjoint block of ctx (its sequence's rows, its head's columns).
+    let ctx_ptr = SendPtr(ctx.as_mut_ptr());
+    let tasks: Vec<(usize, usize)> = (0..seqs.len())
+        .flat_map(|s| (0..heads).map(move |hd| (s, hd)))
+        .collect();
+    tasks.par_iter().for_each(|&(s, hd)| {
+        let ctx_ptr = &ctx_ptr;
+        let t = seqs[s].len();
+        let base = starts[s] * stride;
+        let q = &qkv[base + hd * dh..];
+        let k = &qkv[base + h + hd * dh..];
+        let v = &qkv[base + 2 * h + hd * dh..];
+        let mut scores = vec![0f32; t * t];
+        // SAFETY: q/k/v index rows r * stride + c for r < t, c < dh, inside qkv; scores is t x t.
+        unsafe {
+            gemm::gemm(
+                t,
+                t,
+                dh,
+                scores.as_mut_ptr(),
+                1,
+                t as isize,
+                false,
+                q.as_ptr(),
+                1,
+                stride as isize,
+                k.as_ptr(),
+                stride as isize,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+        for row in scores.chunks_exact_mut(t) {
+            softmax(row);
+        }
+        // SAFETY: this task's block of ctx — rows starts[s]..+t, columns hd*dh..+dh — is written
+        // by no other task; v is read within qkv as above.
+        unsafe {
+            let dst = ctx_ptr.0.add(starts[s] * h + hd * dh);
+            gemm::gemm(
+                t,
+                dh,
+                t,
+                dst,
+                1,
+                h as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                t as isize,
+                v.as_ptr(),
+                1,
+                stride as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+    });
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint blocks of one buffer to rayon tasks (see `attention`).
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}
+
+fn softmax(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+fn layer_norm(row: &mut [f32], g: &[f32], b: &[f32], eps: f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    for ((v, g), b) in row.iter_mut().zip(g).zip(b) {
+        *v = (*v - mean) * inv * g + b;
+    }
+}
+
+/// GELU with the exact erf form BERT was trained with.
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// erf to about 1e-7 absolute (Abramowitz & Stegun 7.1.26 is 1.5e-7; this uses its form).
+fn erf(x: f32) -> f32 {
+    let s = x.signum();
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let y = 1.0
+        - (((((1.061_405_4 * t - 1.453_152_1) * t) + 1.421_413_7) * t - 0.284_496_72) * t
+            + 0.254_829_6)
+            * t
+            * (-a * a).exp();
+    s * y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_libm() {
+        for i in -400..=400 {
+            let x = i as f32 / 100.0;
+            assert!((erf(x) - libm::erff(x)).abs() < 2e-6, "x={x}");
+        }
+    }
+
+    #[test]
+    fn softmax_and_layer_norm_are_normalised() {
+        let mut r = vec![1.0, 2.0, 3.0, 1000.0];
+        softmax(&mut r);
+        assert!((r.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(r[3] > 0.999);
+        let mut r = vec![1.0, 2.0, 3.0, 4.0];
+        layer_norm(&mut r, &[1.0; 4], &[0.0; 4], 1e-12);
+        assert!(r.iter().sum::<f32>().abs() < 1e-5);
+        assert!((r.iter().map(|v| v * v).sum::<f32>() / 4.0 - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn linear_is_x_times_w_transposed_plus_bias() {
+        // x: 2x3, w: 2x3 (n=2 outputs), b: 2.
+        let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let w = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
+        let mut out = [0.0; 4];
+        linear(&x, 2, 3, &w, &[10.0, 20.0], 2, &mut out, Parallelism::None);
+        assert_eq!(out, [14.0, 22.0, 20.0, 25.0]);
+    }
+}
