@@ -96,7 +96,7 @@ impl Bert {
         if d.hidden_act != "gelu" {
             anyhow::bail!("hidden_act `{}` is not supported (gelu only)", d.hidden_act);
         }
-        if d.num_attention_heads == 0 || d.hidden_size % d.num_attention_heads != 0 {
+        if d.num_attention_heads == 0 || !d.hidden_size.is_multiple_of(d.num_attention_heads) {
             anyhow::bail!("hidden_size must be a multiple of num_attention_heads");
         }
         let bytes = std::fs::read(weights)?;

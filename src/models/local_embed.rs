@@ -66,7 +66,7 @@ impl Engine {
 
 enum Model {
     Native {
-        bert: kb_bert::Bert,
+        bert: Box<kb_bert::Bert>,
         /// Truncating, not padding.
         tokenizer: Tokenizer,
     },
@@ -188,7 +188,10 @@ impl LocalEmbedder {
                     .map_err(|e| inf(&e))?;
                 let mut tokenizer = tokenizer;
                 tokenizer.with_padding(None);
-                Model::Native { bert, tokenizer }
+                Model::Native {
+                    bert: Box::new(bert),
+                    tokenizer,
+                }
             }
             Engine::Candle => {
                 let device = Device::Cpu;
