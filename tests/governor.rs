@@ -91,7 +91,7 @@ const DIM: usize = 8;
 
 /// A deterministic unit vector from the words of `text` (shared words -> closer vectors).
 fn vector(text: &str) -> Vec<f32> {
-    let mut v = vec![0f32; DIM];
+    let mut v = [0f32; DIM];
     for w in text.split_whitespace() {
         let h = w
             .to_lowercase()
