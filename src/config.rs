@@ -74,6 +74,15 @@ pub struct EmbeddingConfig {
     pub threads: usize,
     /// Local engine: `native` (kb's encoder) or `candle`.
     pub engine: String,
+    /// Remote embedder: requests and tokens per minute (0 = unlimited).
+    pub rpm: u32,
+    pub tpm: u32,
+    /// Remote embedder: requests in flight at once, and calls waiting per priority.
+    pub max_concurrency: usize,
+    pub queue_size: usize,
+    /// Remote embedder: one request carries at most this many texts and tokens.
+    pub max_batch_texts: usize,
+    pub max_batch_tokens: usize,
 }
 
 impl Default for EmbeddingConfig {
@@ -87,6 +96,12 @@ impl Default for EmbeddingConfig {
             batch_size: 8,
             threads: 0,
             engine: "native".into(),
+            rpm: 0,
+            tpm: 0,
+            max_concurrency: 4,
+            queue_size: 64,
+            max_batch_texts: 64,
+            max_batch_tokens: 8192,
         }
     }
 }
@@ -108,6 +123,28 @@ pub struct LlmConfig {
     pub first_token_timeout_secs: f64,
     pub idle_timeout_secs: f64,
     pub total_timeout_secs: f64,
+    /// Requests and tokens per minute for each chat model (0 = unlimited).
+    pub rpm: u32,
+    pub tpm: u32,
+    /// Chat calls in flight at once per model (streams hold their slot until they end), and
+    /// calls waiting; beyond that a question is refused with 429 and Retry-After.
+    pub max_concurrency: usize,
+    pub queue_size: usize,
+    /// Longest a question waits for a slot (chat or embedding) before it is refused.
+    pub queue_timeout_secs: f64,
+    /// Retries of a retryable failure (every remote call, embeddings included).
+    pub max_retries: u32,
+    /// Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^attempt)].
+    pub backoff_base_ms: u64,
+    pub backoff_cap_ms: u64,
+    /// A `Retry-After` longer than this fails the call at once.
+    pub retry_after_cap_secs: f64,
+    /// Consecutive failures that open an upstream's circuit breaker, and how long it stays open.
+    pub breaker_failures: u32,
+    pub breaker_cooldown_secs: f64,
+    /// Chat models tried in order when the primary's breaker is open or it fails before its
+    /// first token (same base URL and key).
+    pub fallback_models: Vec<String>,
 }
 
 impl Default for LlmConfig {
@@ -124,6 +161,18 @@ impl Default for LlmConfig {
             first_token_timeout_secs: 30.0,
             idle_timeout_secs: 20.0,
             total_timeout_secs: 120.0,
+            rpm: 0,
+            tpm: 0,
+            max_concurrency: 16,
+            queue_size: 64,
+            queue_timeout_secs: 30.0,
+            max_retries: 3,
+            backoff_base_ms: 250,
+            backoff_cap_ms: 8_000,
+            retry_after_cap_secs: 60.0,
+            breaker_failures: 5,
+            breaker_cooldown_secs: 30.0,
+            fallback_models: Vec::new(),
         }
     }
 }
@@ -335,6 +384,43 @@ impl Config {
         if self.embedding.batch_size == 0 {
             anyhow::bail!("embedding.batch_size must be at least 1");
         }
+        let e = &self.embedding;
+        let l = &self.llm;
+        for (name, v) in [
+            ("embedding.max_concurrency", e.max_concurrency),
+            ("embedding.queue_size", e.queue_size),
+            ("embedding.max_batch_texts", e.max_batch_texts),
+            ("embedding.max_batch_tokens", e.max_batch_tokens),
+            ("llm.max_concurrency", l.max_concurrency),
+            ("llm.queue_size", l.queue_size),
+            ("llm.breaker_failures", l.breaker_failures as usize),
+        ] {
+            if v == 0 {
+                anyhow::bail!("{name} must be at least 1");
+            }
+        }
+        for (name, v) in [
+            ("llm.connect_timeout_secs", l.connect_timeout_secs),
+            ("llm.first_token_timeout_secs", l.first_token_timeout_secs),
+            ("llm.idle_timeout_secs", l.idle_timeout_secs),
+            ("llm.total_timeout_secs", l.total_timeout_secs),
+            ("llm.queue_timeout_secs", l.queue_timeout_secs),
+        ] {
+            if !(v > 0.0 && v < 1e6) {
+                anyhow::bail!("{name} must be a positive number of seconds");
+            }
+        }
+        for (name, v) in [
+            ("llm.retry_after_cap_secs", l.retry_after_cap_secs),
+            ("llm.breaker_cooldown_secs", l.breaker_cooldown_secs),
+        ] {
+            if !(0.0..1e6).contains(&v) {
+                anyhow::bail!("{name} must be a number of seconds >= 0");
+            }
+        }
+        if l.backoff_base_ms > l.backoff_cap_ms {
+            anyhow::bail!("llm.backoff_base_ms must not exceed llm.backoff_cap_ms");
+        }
         Ok(())
     }
 
@@ -347,6 +433,43 @@ impl Config {
             }
         }
         toml::to_string_pretty(&c).unwrap_or_default()
+    }
+
+    /// Timeouts and retry rules of every remote model call.
+    pub fn model_policy(&self) -> crate::models::governor::Policy {
+        let l = &self.llm;
+        let secs = std::time::Duration::from_secs_f64;
+        crate::models::governor::Policy {
+            connect: secs(l.connect_timeout_secs),
+            first_token: secs(l.first_token_timeout_secs),
+            idle: secs(l.idle_timeout_secs),
+            total: secs(l.total_timeout_secs),
+            max_retries: l.max_retries,
+            backoff_base: std::time::Duration::from_millis(l.backoff_base_ms),
+            backoff_cap: std::time::Duration::from_millis(l.backoff_cap_ms),
+            retry_after_cap: secs(l.retry_after_cap_secs),
+        }
+    }
+
+    /// The governor's limits for each chat model (`chat`) or the remote embedder.
+    pub fn model_limits(&self, chat: bool) -> crate::models::governor::Limits {
+        let l = &self.llm;
+        let e = &self.embedding;
+        let secs = std::time::Duration::from_secs_f64;
+        let (rpm, tpm, max_concurrency, queue_size) = if chat {
+            (l.rpm, l.tpm, l.max_concurrency, l.queue_size)
+        } else {
+            (e.rpm, e.tpm, e.max_concurrency, e.queue_size)
+        };
+        crate::models::governor::Limits {
+            rpm,
+            tpm,
+            max_concurrency,
+            queue_size,
+            queue_timeout: secs(l.queue_timeout_secs),
+            breaker_failures: l.breaker_failures,
+            breaker_cooldown: secs(l.breaker_cooldown_secs),
+        }
     }
 
     pub fn ingest_limits(&self) -> kb_ingest::Limits {

@@ -82,11 +82,16 @@ pub struct Core {
     pub queue: JobQueue,
     pub query: Arc<QueryEngine>,
     pub metrics: Arc<metrics::Metrics>,
+    /// Every remote model call goes through it (limits, queues, breakers; model metrics).
+    pub governor: Arc<models::governor::Governor>,
     pub tmp_dir: PathBuf,
     _lock: DataDirLock,
 }
 
-fn build_embedder(cfg: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
+fn build_embedder(
+    cfg: &Config,
+    governor: &models::governor::Governor,
+) -> anyhow::Result<Arc<dyn Embedder>> {
     let e = &cfg.embedding;
     match e.provider.as_str() {
         "local" => {
@@ -111,28 +116,25 @@ fn build_embedder(cfg: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
             let dim = e
                 .dim
                 .context("embedding.dim is required for the openai provider")?;
-            let client = models::openai::Client::new(&base, e.api_key.clone(), policy(cfg))?;
+            let client = models::openai::Client::new(&base, e.api_key.clone(), cfg.model_policy())?;
             Ok(Arc::new(models::openai::OpenAiEmbedder::new(
-                client, &e.model, dim,
+                client,
+                &e.model,
+                dim,
+                governor,
+                cfg.model_limits(false),
+                e.max_batch_texts,
+                e.max_batch_tokens,
             )))
         }
         p => anyhow::bail!("unknown embedding provider `{p}`"),
     }
 }
 
-fn policy(cfg: &Config) -> models::openai::Policy {
-    let l = &cfg.llm;
-    let secs = std::time::Duration::from_secs_f64;
-    models::openai::Policy {
-        connect: secs(l.connect_timeout_secs),
-        first_token: secs(l.first_token_timeout_secs),
-        idle: secs(l.idle_timeout_secs),
-        total: secs(l.total_timeout_secs),
-        ..Default::default()
-    }
-}
-
-fn build_chat(cfg: &Config) -> anyhow::Result<Option<Arc<dyn ChatModel>>> {
+fn build_chat(
+    cfg: &Config,
+    governor: &models::governor::Governor,
+) -> anyhow::Result<Option<Arc<dyn ChatModel>>> {
     let l = &cfg.llm;
     match l.provider.as_str() {
         "extractive" => Ok(None),
@@ -141,11 +143,19 @@ fn build_chat(cfg: &Config) -> anyhow::Result<Option<Arc<dyn ChatModel>>> {
                 .base_url
                 .clone()
                 .unwrap_or_else(|| "https://api.openai.com/v1".into());
-            let client = models::openai::Client::new(&base, l.api_key.clone(), policy(cfg))?;
+            let client = models::openai::Client::new(&base, l.api_key.clone(), cfg.model_policy())?;
             let model = l.model.clone().context("llm.model is required")?;
-            Ok(Some(Arc::new(models::openai::OpenAiChat::new(
-                client, &model,
-            ))))
+            let chat = |m: &str| {
+                models::openai::OpenAiChat::new(client.clone(), m, governor, cfg.model_limits(true))
+            };
+            if l.fallback_models.is_empty() {
+                return Ok(Some(Arc::new(chat(&model))));
+            }
+            let models = std::iter::once(&model)
+                .chain(&l.fallback_models)
+                .map(|m| chat(m))
+                .collect();
+            Ok(Some(Arc::new(models::openai::FallbackChat::new(models))))
         }
         p => anyhow::bail!("unknown llm provider `{p}`"),
     }
@@ -163,8 +173,9 @@ impl Core {
             .context("opening the catalog")?;
         let store: Arc<dyn VectorStore> =
             Arc::new(store::edge::EdgeStore::new(&data.join("index"))?);
-        let embedder = build_embedder(&config)?;
-        let chat = build_chat(&config)?;
+        let governor = Arc::new(models::governor::Governor::new(config.model_policy()));
+        let embedder = build_embedder(&config, &governor)?;
+        let chat = build_chat(&config, &governor)?;
         let visibility = Arc::new(Visibility::default());
 
         // Open the shards of existing collections now: a mismatch or a lock is a start-up error.
@@ -248,6 +259,7 @@ impl Core {
             queue,
             query,
             metrics,
+            governor,
             tmp_dir,
             _lock: lock,
         }))

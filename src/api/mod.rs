@@ -30,6 +30,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -38,7 +40,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, secs: Option<u64>) -> ApiError {
+        self.retry_after = secs;
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -63,7 +71,12 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut r = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
     }
 }
 
@@ -87,12 +100,13 @@ impl From<crate::query::QueryError> for ApiError {
             }
             Q::Model(m) => {
                 let status = match &m {
-                    M::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+                    M::RateLimited { .. } | M::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
                     M::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                    M::Closed => StatusCode::SERVICE_UNAVAILABLE,
+                    M::Closed | M::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
                     _ => StatusCode::BAD_GATEWAY,
                 };
                 ApiError::new(status, m.code(), m.to_string())
+                    .with_retry_after(m.retry_after_secs())
             }
             Q::Store(s) => ApiError::internal(s),
             Q::Catalog(c) => ApiError::internal(c),
@@ -245,7 +259,7 @@ async fn metrics(State(core): State<AppState>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        core.metrics.render(),
+        core.metrics.render() + &core.governor.render(),
     )
         .into_response()
 }
@@ -525,12 +539,31 @@ fn sse_event(ev: &AskEvent) -> Event {
 fn ask_error_status(code: &str) -> StatusCode {
     match code {
         "upstream_timeout" => StatusCode::GATEWAY_TIMEOUT,
-        "upstream_rate_limited" => StatusCode::TOO_MANY_REQUESTS,
+        "upstream_rate_limited" | "overloaded" => StatusCode::TOO_MANY_REQUESTS,
+        "upstream_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
         "collection_not_found" => StatusCode::NOT_FOUND,
         "embedder_mismatch" => StatusCode::CONFLICT,
         "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_GATEWAY,
     }
+}
+
+/// An answer's error before any of it was sent: its status, with Retry-After when the error
+/// names a wait.
+fn ask_error_response(code: String, message: String) -> Response {
+    let status = ask_error_status(&code);
+    let retry = crate::models::ModelError::retry_after_in_message(&message)
+        .filter(|_| matches!(status.as_u16(), 429 | 503));
+    let mut r = (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response();
+    if let Some(s) = retry {
+        r.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    r
 }
 
 async fn ask(
@@ -585,18 +618,30 @@ async fn ask(
                     }
                 }
                 AskEvent::Error { code, message } => {
-                    let status = ask_error_status(&code);
-                    return Ok((
-                        status,
-                        Json(json!({"error": {"code": code, "message": message}})),
-                    )
-                        .into_response());
+                    return Ok(ask_error_response(code, message));
                 }
             }
         }
         return Ok(Json(serde_json::Value::Object(body)).into_response());
     }
-    let stream = events.map(|ev| Ok::<Event, Infallible>(sse_event(&ev)));
+    // Hold the status line until retrieval is through (the first event after `meta`), so that
+    // a refused or failed question embedding (a full queue: 429 with Retry-After) is a real
+    // HTTP status; errors after that travel in the stream.
+    let mut events = events;
+    let mut head = Vec::new();
+    while let Some(ev) = events.next().await {
+        match ev {
+            AskEvent::Meta(_) => head.push(ev),
+            AskEvent::Error { code, message } => return Ok(ask_error_response(code, message)),
+            ev => {
+                head.push(ev);
+                break;
+            }
+        }
+    }
+    let stream = futures::stream::iter(head)
+        .chain(events)
+        .map(|ev| Ok::<Event, Infallible>(sse_event(&ev)));
     Ok(Sse::new(stream)
         .keep_alive(
             KeepAlive::new()

@@ -44,6 +44,7 @@ struct OpenAiError {
     message: String,
     param: Option<String>,
     code: String,
+    retry_after: Option<u64>,
 }
 
 impl OpenAiError {
@@ -53,6 +54,7 @@ impl OpenAiError {
             message: message.into(),
             param: param.map(str::to_string),
             code: code.into(),
+            retry_after: None,
         }
     }
 
@@ -66,16 +68,21 @@ impl OpenAiError {
             ),
             param: Some("model".into()),
             code: "model_not_found".into(),
+            retry_after: None,
         }
     }
 
     /// An `AskEvent::Error` that arrived before the response started.
     fn from_event(code: String, message: String) -> OpenAiError {
+        let status = ask_error_status(&code);
+        let retry_after = crate::models::ModelError::retry_after_in_message(&message)
+            .filter(|_| matches!(status.as_u16(), 429 | 503));
         OpenAiError {
-            status: ask_error_status(&code),
+            status,
             message,
             param: None,
             code,
+            retry_after,
         }
     }
 
@@ -106,13 +113,19 @@ impl From<ApiError> for OpenAiError {
             message: e.message,
             param: None,
             code: e.code.into(),
+            retry_after: e.retry_after,
         }
     }
 }
 
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut r = (self.status, Json(self.body())).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        r
     }
 }
 
@@ -297,6 +310,7 @@ fn parse_request(body: Result<Bytes, BytesRejection>) -> Result<ChatRequest, Ope
         message: rej.body_text(),
         param: None,
         code: "invalid_body".into(),
+        retry_after: None,
     })?;
     serde_json::from_slice::<ChatRequest>(&bytes).map_err(|e| {
         let code = if e.is_syntax() || e.is_eof() {

@@ -1,6 +1,7 @@
 //! Embedding and chat models behind traits. Nothing here knows about HTTP serving, documents
 //! or prompts.
 
+pub mod governor;
 pub mod local_embed;
 pub mod openai;
 
@@ -16,8 +17,24 @@ pub enum ModelError {
     Inference(String),
     #[error("upstream {status}: {message}")]
     Upstream { status: u16, message: String },
-    #[error("upstream rate limit (429){}", retry_after_secs.map(|s| format!(", retry after {s:.0} s")).unwrap_or_default())]
-    RateLimited { retry_after_secs: Option<f64> },
+    #[error("the prompt does not fit the model's context window: {0}")]
+    ContextLength(String),
+    /// `cap_secs`: the upstream asked for a wait longer than kb's cap, so the call failed at once.
+    #[error("upstream rate limit (429){}", rate_limit_detail(*retry_after_secs, *cap_secs))]
+    RateLimited {
+        retry_after_secs: Option<f64>,
+        cap_secs: Option<f64>,
+    },
+    #[error("too many model calls waiting for {upstream}; retry after {retry_after_secs:.0} s")]
+    Overloaded {
+        upstream: String,
+        retry_after_secs: f64,
+    },
+    #[error("{upstream} is failing, calls are refused (circuit breaker open); retry after {retry_after_secs:.0} s")]
+    CircuitOpen {
+        upstream: String,
+        retry_after_secs: f64,
+    },
     #[error("upstream {0} timeout")]
     Timeout(&'static str),
     #[error("could not reach upstream: {0}")]
@@ -28,13 +45,34 @@ pub enum ModelError {
     Closed,
 }
 
+fn rate_limit_detail(retry_after: Option<f64>, cap: Option<f64>) -> String {
+    match (retry_after, cap) {
+        (Some(s), Some(c)) => format!(
+            ": the upstream asks to retry after {s:.0} s, beyond the {c:.0} s cap; retry after {s:.0} s"
+        ),
+        (Some(s), None) => format!(", retry after {s:.0} s"),
+        _ => String::new(),
+    }
+}
+
 impl ModelError {
     /// Retryable before the first token reaches the client.
     pub fn retryable(&self) -> bool {
         match self {
-            ModelError::RateLimited { .. } | ModelError::Connect(_) => true,
+            ModelError::RateLimited { cap_secs, .. } => cap_secs.is_none(),
+            ModelError::Connect(_) => true,
             ModelError::Timeout(kind) => *kind == "connect" || *kind == "first token",
             ModelError::Upstream { status, .. } => matches!(status, 500 | 502 | 503 | 504),
+            _ => false,
+        }
+    }
+
+    /// Whether this failure counts against the upstream's circuit breaker (it looks unwell:
+    /// 5xx, unreachable, timeouts, garbage), as opposed to a refusal of this request.
+    pub fn breaker_failure(&self) -> bool {
+        match self {
+            ModelError::Upstream { status, .. } => *status >= 500,
+            ModelError::Connect(_) | ModelError::Timeout(_) | ModelError::Malformed(_) => true,
             _ => false,
         }
     }
@@ -45,12 +83,62 @@ impl ModelError {
             ModelError::Missing(_) => "model_missing",
             ModelError::Inference(_) => "model_error",
             ModelError::Upstream { .. } => "upstream_error",
+            ModelError::ContextLength(_) => "context_length_exceeded",
             ModelError::RateLimited { .. } => "upstream_rate_limited",
+            ModelError::Overloaded { .. } => "overloaded",
+            ModelError::CircuitOpen { .. } => "upstream_unavailable",
             ModelError::Timeout(_) => "upstream_timeout",
             ModelError::Connect(_) => "upstream_unreachable",
             ModelError::Malformed(_) => "upstream_malformed",
             ModelError::Closed => "shutting_down",
         }
+    }
+
+    /// The kind of failure, for `kb_model_upstream_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ModelError::Upstream { status, .. } if *status >= 500 => "server_error",
+            ModelError::Upstream { .. } => "client_error",
+            ModelError::RateLimited { .. } => "rate_limited",
+            ModelError::Timeout("connect") => "timeout_connect",
+            ModelError::Timeout("first token") => "timeout_first_token",
+            ModelError::Timeout("idle") => "timeout_idle",
+            ModelError::Timeout(_) => "timeout_total",
+            ModelError::Overloaded { .. } => "queue_full",
+            ModelError::CircuitOpen { .. } => "breaker_open",
+            other => other.code(),
+        }
+    }
+
+    /// Seconds a client should wait before trying again, when there is a reason to say.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            ModelError::RateLimited {
+                retry_after_secs: Some(s),
+                ..
+            }
+            | ModelError::Overloaded {
+                retry_after_secs: s,
+                ..
+            }
+            | ModelError::CircuitOpen {
+                retry_after_secs: s,
+                ..
+            } => Some(s.max(1.0).ceil() as u64),
+            _ => None,
+        }
+    }
+
+    /// The wait named in an error message made by `Display` above ("retry after N s"), for
+    /// layers that only carry the code and message (the answer event stream).
+    pub fn retry_after_in_message(message: &str) -> Option<u64> {
+        let rest = &message[message.rfind("retry after ")? + "retry after ".len()..];
+        let n: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        rest[n.len()..]
+            .starts_with(" s")
+            .then(|| n.parse::<u64>().ok())
+            .flatten()
+            .map(|n| n.max(1))
     }
 }
 
@@ -209,6 +297,44 @@ impl kb_ingest::TokenCounter for ApproxCounter {
 mod tests {
     use super::*;
     use kb_ingest::TokenCounter;
+
+    #[test]
+    fn retry_after_travels_in_the_message() {
+        for e in [
+            ModelError::Overloaded {
+                upstream: "chat:m".into(),
+                retry_after_secs: 3.0,
+            },
+            ModelError::CircuitOpen {
+                upstream: "chat:m".into(),
+                retry_after_secs: 3.0,
+            },
+            ModelError::RateLimited {
+                retry_after_secs: Some(3.0),
+                cap_secs: None,
+            },
+        ] {
+            assert_eq!(e.retry_after_secs(), Some(3));
+            assert_eq!(
+                ModelError::retry_after_in_message(&e.to_string()),
+                Some(3),
+                "{e}"
+            );
+        }
+        let over = ModelError::RateLimited {
+            retry_after_secs: Some(3600.0),
+            cap_secs: Some(60.0),
+        };
+        assert!(!over.retryable());
+        assert_eq!(
+            ModelError::retry_after_in_message(&over.to_string()),
+            Some(3600)
+        );
+        assert_eq!(
+            ModelError::retry_after_in_message("upstream 503: busy"),
+            None
+        );
+    }
 
     #[test]
     fn bpe_counts_with_the_models_tokenizer() {

@@ -2,69 +2,17 @@
 //! server, LM Studio...). Responses are parsed leniently as JSON values: servers differ in
 //! which fields they omit (chunk `id`, embeddings `usage`, ...), and none of those matter here.
 //!
-//! Every call has connect / first-token / idle-gap / total timeouts and retries retryable
-//! failures (429, 500, 502, 503, 504, connection errors, timeouts before the first token) with
-//! exponential backoff and full jitter, honouring `Retry-After` up to a cap. Nothing is retried
-//! once a token has been handed to the caller.
+//! This module makes single attempts (connect / first-token / idle-gap / total deadlines, error
+//! classification); everything else — queueing, rate limits, the breaker and the one retry
+//! loop — is the governor's (`super::governor`). Nothing is retried once a token has been
+//! handed to the caller.
 
+pub use super::governor::Policy;
+use super::governor::{Governor, Limits, Upstream};
 use super::*;
 use futures::StreamExt;
-use rand::Rng;
+use kb_ingest::TokenCounter;
 use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone)]
-pub struct Policy {
-    pub connect: Duration,
-    pub first_token: Duration,
-    pub idle: Duration,
-    pub total: Duration,
-    pub max_retries: u32,
-    pub backoff_base: Duration,
-    pub backoff_cap: Duration,
-    pub retry_after_cap: Duration,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            connect: Duration::from_secs(5),
-            first_token: Duration::from_secs(30),
-            idle: Duration::from_secs(20),
-            total: Duration::from_secs(120),
-            max_retries: 3,
-            backoff_base: Duration::from_millis(250),
-            backoff_cap: Duration::from_secs(8),
-            retry_after_cap: Duration::from_secs(60),
-        }
-    }
-}
-
-impl Policy {
-    /// Full jitter: uniform in [0, min(cap, base * 2^attempt)].
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .backoff_base
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.backoff_cap);
-        let ms = exp.as_millis() as u64;
-        Duration::from_millis(rand::rng().random_range(0..=ms))
-    }
-
-    /// How long to wait before retry `attempt` after `err`, or None to give up now.
-    fn wait_before_retry(&self, err: &ModelError, attempt: u32) -> Option<Duration> {
-        if !err.retryable() || attempt >= self.max_retries {
-            return None;
-        }
-        if let ModelError::RateLimited {
-            retry_after_secs: Some(s),
-        } = err
-        {
-            let d = Duration::from_secs_f64(s.max(0.0));
-            return (d <= self.retry_after_cap).then_some(d);
-        }
-        Some(self.backoff(attempt))
-    }
-}
 
 /// Parse `Retry-After`: seconds, or an HTTP date.
 pub fn parse_retry_after(v: &str) -> Option<f64> {
@@ -76,6 +24,24 @@ pub fn parse_retry_after(v: &str) -> Option<f64> {
     let secs =
         (t.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds() as f64 / 1000.0;
     Some(secs.max(0.0))
+}
+
+/// Whether an upstream error is about the prompt not fitting the model (never retried).
+fn is_context_length(code: Option<&str>, message: &str) -> bool {
+    if code == Some("context_length_exceeded") {
+        return true;
+    }
+    let m = message.to_lowercase();
+    [
+        "context length",
+        "context window",
+        "context size",
+        "maximum context",
+        "prompt is too long",
+        "too many tokens",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
 }
 
 #[derive(Clone)]
@@ -129,6 +95,7 @@ impl Client {
                 .and_then(parse_retry_after);
             return Err(ModelError::RateLimited {
                 retry_after_secs: ra,
+                cap_secs: None,
             });
         }
         if !(200..300).contains(&status) {
@@ -137,49 +104,47 @@ impl Client {
                 .ok()
                 .and_then(|r| r.ok())
                 .unwrap_or_default();
-            let message = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
+            let v = serde_json::from_str::<serde_json::Value>(&text).ok();
+            let message = v
+                .as_ref()
                 .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
                 .unwrap_or_else(|| text.chars().take(300).collect());
+            let code = v.as_ref().and_then(|v| v["error"]["code"].as_str());
+            if matches!(status, 400 | 413 | 422 | 500) && is_context_length(code, &message) {
+                return Err(ModelError::ContextLength(message));
+            }
             return Err(ModelError::Upstream { status, message });
         }
         Ok(resp)
-    }
-
-    /// Run `op` with the retry policy.
-    async fn with_retries<T, F, Fut>(&self, mut op: F) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T>>,
-    {
-        let mut attempt = 0;
-        loop {
-            match op().await {
-                Ok(v) => return Ok(v),
-                Err(e) => match self.policy.wait_before_retry(&e, attempt) {
-                    Some(wait) => {
-                        tracing::warn!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "retrying upstream call");
-                        tokio::time::sleep(wait).await;
-                        attempt += 1;
-                    }
-                    None => return Err(e),
-                },
-            }
-        }
     }
 }
 
 pub struct OpenAiChat {
     client: Client,
     model: String,
+    upstream: Arc<Upstream>,
+    counter: BpeCounter,
 }
 
 impl OpenAiChat {
-    pub fn new(client: Client, model: &str) -> OpenAiChat {
+    pub fn new(client: Client, model: &str, governor: &Governor, limits: Limits) -> OpenAiChat {
         OpenAiChat {
+            upstream: governor.upstream("chat", model, limits),
             client,
             model: model.to_string(),
+            counter: BpeCounter::for_model(model),
         }
+    }
+
+    /// Tokens the request may use: the prompt (with the model's tokenizer, plus a few per
+    /// message for the chat framing) and the answer's maximum. Settled with the reported usage.
+    fn estimate(&self, req: &ChatRequest) -> (u64, u64) {
+        let prompt: usize = req
+            .messages
+            .iter()
+            .map(|m| self.counter.count(&m.content) + 4)
+            .sum();
+        (prompt as u64, (prompt + req.max_tokens) as u64)
     }
 }
 
@@ -233,6 +198,9 @@ fn sse_deltas(
         let mut body = body;
         let mut buf: Vec<u8> = Vec::new();
         let mut got_data = false;
+        // Only data resets the idle deadline: bytes that carry none (`: keep-alive` comments,
+        // blank lines) do not.
+        let mut last_data = Instant::now();
         let mut finished = false;
         loop {
             let now = Instant::now();
@@ -241,7 +209,7 @@ fn sse_deltas(
                 return;
             }
             let wait = if got_data {
-                idle.min(deadline - now)
+                (last_data + idle).min(deadline).saturating_duration_since(now)
             } else {
                 first_deadline.min(deadline).saturating_duration_since(now)
             };
@@ -282,6 +250,7 @@ fn sse_deltas(
                             return;
                         }
                         got_data = true;
+                        last_data = Instant::now();
                         match parse_chunk(data) {
                             Ok((ds, fin)) => {
                                 finished |= fin;
@@ -297,13 +266,10 @@ fn sse_deltas(
     Box::pin(s)
 }
 
-#[async_trait::async_trait]
-impl ChatModel for OpenAiChat {
-    fn model_id(&self) -> String {
-        self.model.clone()
-    }
-
-    async fn stream(&self, req: ChatRequest) -> Result<DeltaStream> {
+impl OpenAiChat {
+    /// One governed call: attempts until the first token (retried by the governor's rules),
+    /// then the rest of the stream, which holds the upstream slot until it ends.
+    async fn governed_stream(&self, req: ChatRequest) -> Result<DeltaStream> {
         let body = serde_json::json!({
             "model": self.model,
             "messages": req.messages,
@@ -312,13 +278,11 @@ impl ChatModel for OpenAiChat {
             "max_tokens": req.max_tokens,
             "temperature": req.temperature,
         });
-        let started = Instant::now();
         let policy = self.client.policy.clone();
-        let deadline = started + policy.total;
-        // The retry loop covers everything up to the first token.
-        let (first, rest) = self
-            .client
-            .with_retries(|| {
+        let (prompt_est, est) = self.estimate(&req);
+        let governed = self
+            .upstream
+            .run(Priority::Interactive, est, |deadline| {
                 let body = body.clone();
                 let client = self.client.clone();
                 let policy = policy.clone();
@@ -353,8 +317,106 @@ impl ChatModel for OpenAiChat {
                 }
             })
             .await?;
-        let head = futures::stream::iter(first.into_iter().map(Ok));
-        Ok(Box::pin(head.chain(rest)))
+        let (first, rest) = governed.value;
+        let mut permit = governed.permit;
+        let mut call = governed.call;
+        let counter = BpeCounter::for_model(&self.model);
+        let s = async_stream::stream! {
+            let mut usage: Option<Usage> = None;
+            let mut out_chars = String::new();
+            let mut rest = rest;
+            let mut items = futures::stream::iter(first.into_iter().map(Ok)).chain(&mut rest);
+            while let Some(item) = items.next().await {
+                match item {
+                    Ok(ChatDelta::Text(t)) => {
+                        call.first_token();
+                        if usage.is_none() {
+                            out_chars.push_str(&t);
+                        }
+                        yield Ok(ChatDelta::Text(t));
+                    }
+                    Ok(ChatDelta::Usage(u)) => {
+                        usage = Some(u.clone());
+                        yield Ok(ChatDelta::Usage(u));
+                    }
+                    Err(e) => {
+                        let u = usage.as_ref().map(|u| (u.prompt_tokens, u.completion_tokens));
+                        if let Some((i, o)) = u {
+                            permit.settle(i + o);
+                        }
+                        yield Err(call.fail_streaming(e, u));
+                        return;
+                    }
+                }
+            }
+            let u = match &usage {
+                Some(u) => (u.prompt_tokens, u.completion_tokens),
+                // Not reported: the estimate in, the answer counted out.
+                None => (prompt_est, counter.count(&out_chars) as u64),
+            };
+            permit.settle(u.0 + u.1);
+            call.succeed(Some(u));
+        };
+        Ok(Box::pin(s))
+    }
+}
+
+#[async_trait::async_trait]
+impl ChatModel for OpenAiChat {
+    fn model_id(&self) -> String {
+        self.model.clone()
+    }
+
+    async fn stream(&self, req: ChatRequest) -> Result<DeltaStream> {
+        self.governed_stream(req).await
+    }
+}
+
+/// A chat model with fallbacks: when a model's breaker is open, or its call fails before the
+/// first token (after the governor's retries), the next model in the list is tried. Requests
+/// the upstream refused as malformed or too long for the context are not sent elsewhere.
+pub struct FallbackChat {
+    models: Vec<OpenAiChat>,
+}
+
+impl FallbackChat {
+    pub fn new(models: Vec<OpenAiChat>) -> FallbackChat {
+        assert!(!models.is_empty());
+        FallbackChat { models }
+    }
+}
+
+fn falls_back(e: &ModelError) -> bool {
+    !matches!(
+        e,
+        ModelError::ContextLength(_) | ModelError::Upstream { status: 400, .. }
+    )
+}
+
+#[async_trait::async_trait]
+impl ChatModel for FallbackChat {
+    fn model_id(&self) -> String {
+        self.models[0].model.clone()
+    }
+
+    async fn stream(&self, req: ChatRequest) -> Result<DeltaStream> {
+        let mut last = None;
+        for (i, m) in self.models.iter().enumerate() {
+            match m.governed_stream(req.clone()).await {
+                Ok(s) => {
+                    if i > 0 {
+                        tracing::info!(model = %m.model, primary = %self.models[0].model, "answered by a fallback model");
+                    }
+                    return Ok(s);
+                }
+                Err(e) if falls_back(&e) && i + 1 < self.models.len() => {
+                    tracing::warn!(model = %m.model, error = %e, next = %self.models[i + 1].model, "falling back");
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(ModelError::Closed))
     }
 }
 
@@ -362,16 +424,128 @@ pub struct OpenAiEmbedder {
     client: Client,
     model: String,
     dim: usize,
+    upstream: Arc<Upstream>,
+    counter: BpeCounter,
+    max_batch_texts: usize,
+    max_batch_tokens: usize,
 }
 
 impl OpenAiEmbedder {
-    pub fn new(client: Client, model: &str, dim: usize) -> OpenAiEmbedder {
+    pub fn new(
+        client: Client,
+        model: &str,
+        dim: usize,
+        governor: &Governor,
+        limits: Limits,
+        max_batch_texts: usize,
+        max_batch_tokens: usize,
+    ) -> OpenAiEmbedder {
         OpenAiEmbedder {
+            upstream: governor.upstream("embed", model, limits),
             client,
             model: model.to_string(),
             dim,
+            counter: BpeCounter::for_model(model),
+            max_batch_texts: max_batch_texts.max(1),
+            max_batch_tokens: max_batch_tokens.max(1),
         }
     }
+
+    /// One request's worth: `texts` with `tokens` estimated.
+    async fn embed_batch(
+        &self,
+        texts: &[String],
+        tokens: u64,
+        priority: Priority,
+    ) -> Result<Vec<Vec<f32>>> {
+        let n = texts.len();
+        let body = serde_json::json!({"model": self.model, "input": texts});
+        let governed = self
+            .upstream
+            .run(priority, tokens, |deadline| {
+                let body = body.clone();
+                let client = self.client.clone();
+                async move {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(ModelError::Timeout("total"));
+                    }
+                    let resp = client.post("/embeddings", &body, left).await?;
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    tokio::time::timeout(left, resp.json::<serde_json::Value>())
+                        .await
+                        .map_err(|_| ModelError::Timeout("total"))?
+                        .map_err(|e| ModelError::Malformed(e.to_string()))
+                }
+            })
+            .await?;
+        let v = governed.value;
+        let mut permit = governed.permit;
+        let call = governed.call;
+        let used = v["usage"]["prompt_tokens"]
+            .as_u64()
+            .or_else(|| v["usage"]["total_tokens"].as_u64());
+        permit.settle(used.unwrap_or(tokens));
+        match parse_embeddings(&v, n, self.dim) {
+            Ok(out) => {
+                call.succeed(Some((used.unwrap_or(tokens), 0)));
+                Ok(out)
+            }
+            Err(e) => Err(call.fail(e)),
+        }
+    }
+}
+
+/// Split `counts` (tokens per text) into consecutive batches of at most `max_texts` texts and
+/// `max_tokens` tokens (a single text over the token bound is a batch of its own).
+pub fn plan_batches(
+    counts: &[usize],
+    max_texts: usize,
+    max_tokens: usize,
+) -> Vec<(usize, usize, u64)> {
+    let mut out = Vec::new();
+    let (mut start, mut tokens) = (0, 0usize);
+    for (i, &c) in counts.iter().enumerate() {
+        let n = i - start;
+        if n > 0 && (n >= max_texts || tokens + c > max_tokens) {
+            out.push((start, i, tokens as u64));
+            start = i;
+            tokens = 0;
+        }
+        tokens += c;
+    }
+    if start < counts.len() {
+        out.push((start, counts.len(), tokens as u64));
+    }
+    out
+}
+
+fn parse_embeddings(v: &serde_json::Value, n: usize, dim: usize) -> Result<Vec<Vec<f32>>> {
+    let data = v["data"]
+        .as_array()
+        .ok_or_else(|| ModelError::Malformed("embeddings response has no data".into()))?;
+    let mut out: Vec<Option<Vec<f32>>> = vec![None; n];
+    for (i, item) in data.iter().enumerate() {
+        let idx = item["index"].as_u64().map(|x| x as usize).unwrap_or(i);
+        let emb: Vec<f32> = item["embedding"]
+            .as_array()
+            .ok_or_else(|| ModelError::Malformed("embedding is not an array".into()))?
+            .iter()
+            .map(|x| x.as_f64().unwrap_or(0.0) as f32)
+            .collect();
+        if emb.len() != dim {
+            return Err(ModelError::Malformed(format!(
+                "embedding has {} dimensions, expected {dim}",
+                emb.len(),
+            )));
+        }
+        if idx < n {
+            out[idx] = Some(emb);
+        }
+    }
+    out.into_iter()
+        .map(|e| e.ok_or_else(|| ModelError::Malformed("missing embeddings".into())))
+        .collect()
 }
 
 #[async_trait::async_trait]
@@ -392,56 +566,19 @@ impl Embedder for OpenAiEmbedder {
         Arc::new(ApproxCounter)
     }
 
-    async fn embed(&self, texts: Vec<String>, _priority: Priority) -> Result<Vec<Vec<f32>>> {
-        let n = texts.len();
-        let body = serde_json::json!({"model": self.model, "input": texts});
-        // One deadline for the whole call, retries included.
-        let deadline = Instant::now() + self.client.policy.total;
-        let v: serde_json::Value = self
-            .client
-            .with_retries(|| {
-                let body = body.clone();
-                let client = self.client.clone();
-                async move {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(ModelError::Timeout("total"));
-                    }
-                    let resp = client.post("/embeddings", &body, left).await?;
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    tokio::time::timeout(left, resp.json::<serde_json::Value>())
-                        .await
-                        .map_err(|_| ModelError::Timeout("total"))?
-                        .map_err(|e| ModelError::Malformed(e.to_string()))
-                }
-            })
-            .await?;
-        let data = v["data"]
-            .as_array()
-            .ok_or_else(|| ModelError::Malformed("embeddings response has no data".into()))?;
-        let mut out: Vec<Option<Vec<f32>>> = vec![None; n];
-        for (i, item) in data.iter().enumerate() {
-            let idx = item["index"].as_u64().map(|x| x as usize).unwrap_or(i);
-            let emb: Vec<f32> = item["embedding"]
-                .as_array()
-                .ok_or_else(|| ModelError::Malformed("embedding is not an array".into()))?
-                .iter()
-                .map(|x| x.as_f64().unwrap_or(0.0) as f32)
-                .collect();
-            if emb.len() != self.dim {
-                return Err(ModelError::Malformed(format!(
-                    "embedding has {} dimensions, expected {}",
-                    emb.len(),
-                    self.dim
-                )));
-            }
-            if idx < n {
-                out[idx] = Some(emb);
-            }
+    /// Batches bounded by count and tokens, sent concurrently; the governor bounds how many
+    /// are in flight and puts interactive calls ahead of bulk ones.
+    async fn embed(&self, texts: Vec<String>, priority: Priority) -> Result<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Ok(vec![]);
         }
-        out.into_iter()
-            .map(|e| e.ok_or_else(|| ModelError::Malformed("missing embeddings".into())))
-            .collect()
+        let counts: Vec<usize> = texts.iter().map(|t| self.counter.count(t)).collect();
+        let plan = plan_batches(&counts, self.max_batch_texts, self.max_batch_tokens);
+        let calls = plan
+            .iter()
+            .map(|&(a, b, tokens)| self.embed_batch(&texts[a..b], tokens, priority));
+        let parts = futures::future::try_join_all(calls).await?;
+        Ok(parts.into_iter().flatten().collect())
     }
 }
 
@@ -450,42 +587,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_stays_within_bounds() {
-        let p = Policy::default();
-        for attempt in 0..10 {
-            for _ in 0..200 {
-                let d = p.backoff(attempt);
-                let bound = p
-                    .backoff_base
-                    .saturating_mul(1 << attempt)
-                    .min(p.backoff_cap);
-                assert!(d <= bound, "attempt {attempt}: {d:?} > {bound:?}");
-            }
-        }
+    fn batches_are_bounded_by_count_and_tokens() {
+        assert_eq!(
+            plan_batches(&[10, 10, 10, 10, 10], 2, 1000),
+            vec![(0, 2, 20), (2, 4, 20), (4, 5, 10)]
+        );
+        assert_eq!(
+            plan_batches(&[60, 50, 10, 200, 5], 10, 100),
+            vec![(0, 1, 60), (1, 3, 60), (3, 4, 200), (4, 5, 5)]
+        );
+        assert!(plan_batches(&[], 4, 4).is_empty());
     }
 
     #[test]
-    fn retry_after_over_the_cap_fails_fast() {
-        let p = Policy::default();
-        let long = ModelError::RateLimited {
-            retry_after_secs: Some(600.0),
-        };
-        assert_eq!(p.wait_before_retry(&long, 0), None);
-        let short = ModelError::RateLimited {
-            retry_after_secs: Some(2.0),
-        };
-        assert_eq!(p.wait_before_retry(&short, 0), Some(Duration::from_secs(2)));
-        let bad_request = ModelError::Upstream {
-            status: 400,
-            message: String::new(),
-        };
-        assert_eq!(p.wait_before_retry(&bad_request, 0), None);
-        let unavailable = ModelError::Upstream {
-            status: 503,
-            message: String::new(),
-        };
-        assert!(p.wait_before_retry(&unavailable, 0).is_some());
-        assert_eq!(p.wait_before_retry(&unavailable, p.max_retries), None);
+    fn context_length_errors_are_recognised() {
+        assert!(is_context_length(Some("context_length_exceeded"), ""));
+        assert!(is_context_length(
+            None,
+            "This model's maximum context length is 8192 tokens"
+        ));
+        assert!(is_context_length(
+            None,
+            "the request exceeds the available context size"
+        ));
+        assert!(!is_context_length(None, "invalid api key"));
     }
 
     #[test]

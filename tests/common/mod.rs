@@ -54,6 +54,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     child: Option<Child>,
     env: Vec<(String, String)>,
+    /// Where the server's stderr (its log) goes; inherited when `None`.
+    log_file: Option<PathBuf>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -74,6 +76,25 @@ impl Server {
             data_dir: data,
             child: None,
             env,
+            log_file: None,
+            _tmp: Some(tmp),
+        };
+        s.spawn();
+        s
+    }
+
+    /// Like `start_with`, with the server's log (stderr) written to `log`.
+    pub fn start_logging_to(env: &[(&str, &str)], log: &std::path::Path) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Server {
+            base: String::new(),
+            data_dir: tmp.path().join("data"),
+            child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            log_file: Some(log.to_path_buf()),
             _tmp: Some(tmp),
         };
         s.spawn();
@@ -95,7 +116,10 @@ impl Server {
             .current_dir(self.data_dir.parent().unwrap())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(match &self.log_file {
+                Some(p) => Stdio::from(std::fs::File::create(p).expect("log file")),
+                None => Stdio::inherit(),
+            });
         scrub_kb_env(&mut cmd);
         cmd.env("KB_MODELS_DIR", models_dir());
         for (k, v) in &self.env {
