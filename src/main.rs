@@ -521,6 +521,12 @@ async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
         let _ = stop_tx.send(true);
     });
     let mut graceful = stop_rx.clone();
+    // Streamed answers are many small writes: without TCP_NODELAY, Nagle holds each behind the
+    // client's delayed ACK (~40 ms per event burst on loopback).
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app.router).with_graceful_shutdown(async move {
         let _ = graceful.wait_for(|stop| *stop).await;
     });
