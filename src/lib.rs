@@ -4,6 +4,7 @@
 //! `App::build(config)` adds the HTTP router on top. The CLI and the tests use both.
 
 pub mod api;
+pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod eval;
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod models;
 pub mod query;
 pub mod store;
+pub mod usage;
 
 use anyhow::Context;
 use catalog::{Catalog, NewUpload};
@@ -129,10 +131,18 @@ fn policy(cfg: &Config) -> models::openai::Policy {
     }
 }
 
-fn build_chat(cfg: &Config) -> anyhow::Result<Option<Arc<dyn ChatModel>>> {
+/// The chat models by task: (answer, rewrite, summarize). Tasks without a route use the answer
+/// model; all share one client (one connection pool) per base URL.
+type ChatModels = (
+    Option<Arc<dyn ChatModel>>,
+    Option<Arc<dyn ChatModel>>,
+    Option<Arc<dyn ChatModel>>,
+);
+
+fn build_chat(cfg: &Config) -> anyhow::Result<ChatModels> {
     let l = &cfg.llm;
     match l.provider.as_str() {
-        "extractive" => Ok(None),
+        "extractive" => Ok((None, None, None)),
         "openai" => {
             let base = l
                 .base_url
@@ -140,9 +150,19 @@ fn build_chat(cfg: &Config) -> anyhow::Result<Option<Arc<dyn ChatModel>>> {
                 .unwrap_or_else(|| "https://api.openai.com/v1".into());
             let client = models::openai::Client::new(&base, l.api_key.clone(), policy(cfg))?;
             let model = l.model.clone().context("llm.model is required")?;
-            Ok(Some(Arc::new(models::openai::OpenAiChat::new(
-                client, &model,
-            ))))
+            let answer: Arc<dyn ChatModel> =
+                Arc::new(models::openai::OpenAiChat::new(client.clone(), &model));
+            let route = |m: &Option<String>| -> Arc<dyn ChatModel> {
+                match m {
+                    Some(m) if *m != model => {
+                        Arc::new(models::openai::OpenAiChat::new(client.clone(), m))
+                    }
+                    _ => answer.clone(),
+                }
+            };
+            let rewrite = route(&l.routes.rewrite);
+            let summarize = route(&l.routes.summarize);
+            Ok((Some(answer), Some(rewrite), Some(summarize)))
         }
         p => anyhow::bail!("unknown llm provider `{p}`"),
     }
@@ -161,7 +181,7 @@ impl Core {
         let store: Arc<dyn VectorStore> =
             Arc::new(store::edge::EdgeStore::new(&data.join("index"))?);
         let embedder = build_embedder(&config)?;
-        let chat = build_chat(&config)?;
+        let (chat, rewrite_chat, summarize_chat) = build_chat(&config)?;
         let visibility = Arc::new(Visibility::default());
 
         // Open the shards of existing collections now: a mismatch or a lock is a start-up error.
@@ -206,6 +226,39 @@ impl Core {
         );
         ingestor.gen_counter =
             models::generation_counter(&config.llm.provider, config.llm.model.as_deref());
+        let usage = Arc::new(usage::UsageLog::new(
+            catalog.clone(),
+            config.llm.prices.clone(),
+            config.embedding.provider != "local",
+        ));
+        ingestor.embedding_cache = config.cache.embeddings;
+        ingestor.usage = Some(usage.clone());
+        let gen_counter: Arc<dyn kb_ingest::TokenCounter + Send + Sync> = ingestor
+            .gen_counter
+            .clone()
+            .unwrap_or_else(|| Arc::new(models::ApproxCounter));
+        let c = &config.cache;
+        let ttl = std::time::Duration::from_secs(c.ttl_secs);
+        let cache = match (&c.redis_url, c.enabled) {
+            (_, false) => None,
+            (Some(url), true) => Some(Arc::new(
+                cache::AnswerCache::redis(
+                    url,
+                    c.max_entries,
+                    ttl,
+                    c.semantic,
+                    c.semantic_max_distance,
+                )
+                .await
+                .context("connecting to the answer cache (cache.redis_url)")?,
+            )),
+            (None, true) => Some(Arc::new(cache::AnswerCache::memory(
+                c.max_entries,
+                ttl,
+                c.semantic,
+                c.semantic_max_distance,
+            ))),
+        };
         let ingestor = Arc::new(ingestor);
         let queue = ingestor.start(config.jobs.workers);
         let requeued = ingestor.recover(&queue).await?;
@@ -235,6 +288,13 @@ impl Core {
             context_window: config.llm.context_window,
             max_answer_tokens: config.llm.max_answer_tokens,
             temperature: config.llm.temperature,
+            cache,
+            usage,
+            rewrite_chat,
+            summarize_chat,
+            history_tokens: config.conversations.history_tokens,
+            keep_turns: config.conversations.keep_turns,
+            gen_counter,
         });
         Ok(Arc::new(Core {
             config,
@@ -275,6 +335,11 @@ impl Core {
             },
             "answerer": self.query.model_name(),
             "prompt_version": query::prompt::PROMPT_VERSION,
+            "cache": {
+                "answers": self.query.cache.as_ref().map(|c| c.backend_name()),
+                "semantic": self.query.cache.as_ref().is_some_and(|c| c.semantic_enabled()),
+                "embeddings": c.cache.embeddings,
+            },
         })
     }
 

@@ -866,6 +866,7 @@ async fn ask(
             search: params,
             request_id: uuid::Uuid::new_v4().to_string(),
             conversation_id: None,
+            use_cache: true,
         });
         while let Some(ev) = events.next().await {
             match ev {
