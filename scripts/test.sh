@@ -21,6 +21,22 @@ cargo fmt --all -- --check
 step "build"
 cargo build --workspace --tests --bins
 
+step "redis-server (for the Redis answer cache tests)"
+if ! command -v redis-server >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null; }
+fi
+# A private server on a free loopback port, in a temporary directory, stopped on exit.
+REDIS_DIR=$(mktemp -d)
+REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$REDIS_DIR" --save "" --appendonly no \
+  --daemonize yes --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log"
+trap 'kill "$(cat "$REDIS_DIR/redis.pid" 2>/dev/null)" 2>/dev/null; rm -rf "$REDIS_DIR"' EXIT
+for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+# Set: the Redis tests run, and fail if this server cannot be reached.
+export KB_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+
 step "tests"
 cargo test --workspace --no-fail-fast -- --test-threads=2
 

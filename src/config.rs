@@ -4,6 +4,7 @@
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -20,6 +21,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub jobs: JobsConfig,
     pub log: LogConfig,
+    pub cache: CacheConfig,
+    pub conversations: ConversationsConfig,
 }
 
 impl Default for Config {
@@ -36,6 +39,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             jobs: JobsConfig::default(),
             log: LogConfig::default(),
+            cache: CacheConfig::default(),
+            conversations: ConversationsConfig::default(),
         }
     }
 }
@@ -145,6 +150,36 @@ pub struct LlmConfig {
     /// Chat models tried in order when the primary's breaker is open or it fails before its
     /// first token (same base URL and key).
     pub fallback_models: Vec<String>,
+    /// Price per model name, for the cost in `done.usage` and `/v1/usage`. Models without an
+    /// entry cost 0.
+    pub prices: BTreeMap<String, Price>,
+    /// Which model does which task (`rewrite`, `summarize`); unset tasks use `llm.model`.
+    pub routes: RoutesConfig,
+}
+
+/// US dollars per 1000 tokens.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Price {
+    pub prompt_per_1k: f64,
+    pub completion_per_1k: f64,
+}
+
+impl Price {
+    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.prompt_per_1k
+            + completion_tokens as f64 * self.completion_per_1k)
+            / 1000.0
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutesConfig {
+    /// Rewrites a follow-up into a standalone question (a cheap model is enough).
+    pub rewrite: Option<String>,
+    /// Summarises older conversation turns (a cheap model is enough).
+    pub summarize: Option<String>,
 }
 
 impl Default for LlmConfig {
@@ -173,6 +208,8 @@ impl Default for LlmConfig {
             breaker_failures: 5,
             breaker_cooldown_secs: 30.0,
             fallback_models: Vec::new(),
+            prices: BTreeMap::new(),
+            routes: RoutesConfig::default(),
         }
     }
 }
@@ -304,6 +341,62 @@ impl Default for LogConfig {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// The exact answer cache (same normalised question, collection version, model, prompt
+    /// and retrieval parameters -> the same answer).
+    pub enabled: bool,
+    /// Seconds a cached answer is served.
+    pub ttl_secs: u64,
+    /// Entries of the in-memory answer cache (least recently used go first), and of the
+    /// semantic index.
+    pub max_entries: usize,
+    /// `redis://host:port/db`: answers are cached in Redis (shared by kb replicas) instead of
+    /// in memory.
+    pub redis_url: Option<String>,
+    /// The semantic cache: a question within `semantic_max_distance` (cosine distance of the
+    /// embedder's vectors) of a cached one gets its answer. Off: see ARCHITECTURE.md for the
+    /// measured false hits.
+    pub semantic: bool,
+    pub semantic_max_distance: f32,
+    /// Reuse chunk embeddings by (embedder, content hash) when re-indexing.
+    pub embeddings: bool,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            ttl_secs: 86_400,
+            max_entries: 10_000,
+            redis_url: None,
+            semantic: false,
+            semantic_max_distance: 0.05,
+            embeddings: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConversationsConfig {
+    /// Tokens the conversation may take in a prompt (summary + verbatim turns); older turns are
+    /// summarised beyond it.
+    pub history_tokens: usize,
+    /// The last turns always sent verbatim.
+    pub keep_turns: usize,
+}
+
+impl Default for ConversationsConfig {
+    fn default() -> Self {
+        ConversationsConfig {
+            history_tokens: 1024,
+            keep_turns: 2,
+        }
+    }
+}
+
 /// Overrides from command-line flags, applied last.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -421,6 +514,33 @@ impl Config {
         if l.backoff_base_ms > l.backoff_cap_ms {
             anyhow::bail!("llm.backoff_base_ms must not exceed llm.backoff_cap_ms");
         }
+        let c = &self.cache;
+        if c.ttl_secs == 0 || c.max_entries == 0 {
+            anyhow::bail!("cache.ttl_secs and cache.max_entries must be at least 1");
+        }
+        if !(0.0..=2.0).contains(&c.semantic_max_distance) {
+            anyhow::bail!("cache.semantic_max_distance is a cosine distance, between 0 and 2");
+        }
+        if let Some(u) = &c.redis_url {
+            if !(u.starts_with("redis://")
+                || u.starts_with("rediss://")
+                || u.starts_with("unix://"))
+            {
+                anyhow::bail!("cache.redis_url must start with redis://, rediss:// or unix://");
+            }
+        }
+        for (model, p) in &self.llm.prices {
+            if !(p.prompt_per_1k >= 0.0 && p.completion_per_1k >= 0.0) {
+                anyhow::bail!("llm.prices.\"{model}\": prices must be >= 0");
+            }
+        }
+        let r = &self.llm.routes;
+        if self.llm.provider != "openai" && (r.rewrite.is_some() || r.summarize.is_some()) {
+            anyhow::bail!("llm.routes needs llm.provider = `openai`");
+        }
+        if self.conversations.history_tokens < 64 {
+            anyhow::bail!("conversations.history_tokens must be at least 64");
+        }
         Ok(())
     }
 
@@ -430,6 +550,14 @@ impl Config {
         for key in [&mut c.embedding.api_key, &mut c.llm.api_key] {
             if key.is_some() {
                 *key = Some("********".into());
+            }
+        }
+        // A Redis URL may carry a password.
+        if let Some(u) = &mut c.cache.redis_url {
+            if let Some((scheme, rest)) = u.split_once("://") {
+                if let Some((_, host)) = rest.rsplit_once('@') {
+                    *u = format!("{scheme}://********@{host}");
+                }
             }
         }
         toml::to_string_pretty(&c).unwrap_or_default()

@@ -4,6 +4,7 @@
 //! `App::build(config)` adds the HTTP router on top. The CLI and the tests use both.
 
 pub mod api;
+pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod eval;
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod models;
 pub mod query;
 pub mod store;
+pub mod usage;
 
 use anyhow::Context;
 use catalog::{Catalog, NewUpload};
@@ -131,13 +133,19 @@ fn build_embedder(
     }
 }
 
-fn build_chat(
-    cfg: &Config,
-    governor: &models::governor::Governor,
-) -> anyhow::Result<Option<Arc<dyn ChatModel>>> {
+/// The chat models by task: (answer, rewrite, summarize). Tasks without a route use the answer
+/// model; all share one client (one connection pool) per base URL, and every call goes through
+/// the governor.
+type ChatModels = (
+    Option<Arc<dyn ChatModel>>,
+    Option<Arc<dyn ChatModel>>,
+    Option<Arc<dyn ChatModel>>,
+);
+
+fn build_chat(cfg: &Config, governor: &models::governor::Governor) -> anyhow::Result<ChatModels> {
     let l = &cfg.llm;
     match l.provider.as_str() {
-        "extractive" => Ok(None),
+        "extractive" => Ok((None, None, None)),
         "openai" => {
             let base = l
                 .base_url
@@ -148,14 +156,24 @@ fn build_chat(
             let chat = |m: &str| {
                 models::openai::OpenAiChat::new(client.clone(), m, governor, cfg.model_limits(true))
             };
-            if l.fallback_models.is_empty() {
-                return Ok(Some(Arc::new(chat(&model))));
-            }
-            let models = std::iter::once(&model)
-                .chain(&l.fallback_models)
-                .map(|m| chat(m))
-                .collect();
-            Ok(Some(Arc::new(models::openai::FallbackChat::new(models))))
+            let answer: Arc<dyn ChatModel> = if l.fallback_models.is_empty() {
+                Arc::new(chat(&model))
+            } else {
+                let models = std::iter::once(&model)
+                    .chain(&l.fallback_models)
+                    .map(|m| chat(m))
+                    .collect();
+                Arc::new(models::openai::FallbackChat::new(models))
+            };
+            let route = |m: &Option<String>| -> Arc<dyn ChatModel> {
+                match m {
+                    Some(m) if *m != model => Arc::new(chat(m)),
+                    _ => answer.clone(),
+                }
+            };
+            let rewrite = route(&l.routes.rewrite);
+            let summarize = route(&l.routes.summarize);
+            Ok((Some(answer), Some(rewrite), Some(summarize)))
         }
         p => anyhow::bail!("unknown llm provider `{p}`"),
     }
@@ -175,7 +193,7 @@ impl Core {
             Arc::new(store::edge::EdgeStore::new(&data.join("index"))?);
         let governor = Arc::new(models::governor::Governor::new(config.model_policy()));
         let embedder = build_embedder(&config, &governor)?;
-        let chat = build_chat(&config, &governor)?;
+        let (chat, rewrite_chat, summarize_chat) = build_chat(&config, &governor)?;
         let visibility = Arc::new(Visibility::default());
 
         // Open the shards of existing collections now: a mismatch or a lock is a start-up error.
@@ -220,6 +238,39 @@ impl Core {
         );
         ingestor.gen_counter =
             models::generation_counter(&config.llm.provider, config.llm.model.as_deref());
+        let usage = Arc::new(usage::UsageLog::new(
+            catalog.clone(),
+            config.llm.prices.clone(),
+            config.embedding.provider != "local",
+        ));
+        ingestor.embedding_cache = config.cache.embeddings;
+        ingestor.usage = Some(usage.clone());
+        let gen_counter: Arc<dyn kb_ingest::TokenCounter + Send + Sync> = ingestor
+            .gen_counter
+            .clone()
+            .unwrap_or_else(|| Arc::new(models::ApproxCounter));
+        let c = &config.cache;
+        let ttl = std::time::Duration::from_secs(c.ttl_secs);
+        let cache = match (&c.redis_url, c.enabled) {
+            (_, false) => None,
+            (Some(url), true) => Some(Arc::new(
+                cache::AnswerCache::redis(
+                    url,
+                    c.max_entries,
+                    ttl,
+                    c.semantic,
+                    c.semantic_max_distance,
+                )
+                .await
+                .context("connecting to the answer cache (cache.redis_url)")?,
+            )),
+            (None, true) => Some(Arc::new(cache::AnswerCache::memory(
+                c.max_entries,
+                ttl,
+                c.semantic,
+                c.semantic_max_distance,
+            ))),
+        };
         let ingestor = Arc::new(ingestor);
         let queue = ingestor.start(config.jobs.workers);
         let requeued = ingestor.recover(&queue).await?;
@@ -249,6 +300,13 @@ impl Core {
             context_window: config.llm.context_window,
             max_answer_tokens: config.llm.max_answer_tokens,
             temperature: config.llm.temperature,
+            cache,
+            usage,
+            rewrite_chat,
+            summarize_chat,
+            history_tokens: config.conversations.history_tokens,
+            keep_turns: config.conversations.keep_turns,
+            gen_counter,
         });
         Ok(Arc::new(Core {
             config,
@@ -290,6 +348,11 @@ impl Core {
             },
             "answerer": self.query.model_name(),
             "prompt_version": query::prompt::PROMPT_VERSION,
+            "cache": {
+                "answers": self.query.cache.as_ref().map(|c| c.backend_name()),
+                "semantic": self.query.cache.as_ref().is_some_and(|c| c.semantic_enabled()),
+                "embeddings": c.cache.embeddings,
+            },
         })
     }
 

@@ -521,6 +521,12 @@ async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
         let _ = stop_tx.send(true);
     });
     let mut graceful = stop_rx.clone();
+    // Streamed answers are many small writes: without TCP_NODELAY, Nagle holds each behind the
+    // client's delayed ACK (~40 ms per event burst on loopback).
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app.router).with_graceful_shutdown(async move {
         let _ = graceful.wait_for(|stop| *stop).await;
     });
@@ -860,6 +866,7 @@ async fn ask(
             search: params,
             request_id: uuid::Uuid::new_v4().to_string(),
             conversation_id: None,
+            use_cache: true,
         });
         while let Some(ev) = events.next().await {
             match ev {

@@ -135,6 +135,8 @@ fn upstream_faults_are_handled_by_the_rules() {
         ("KB_LLM__API_KEY", "sk-test-secret"),
         ("KB_LLM__FIRST_TOKEN_TIMEOUT_SECS", "2"),
         ("KB_LLM__IDLE_TIMEOUT_SECS", "1"),
+        // The same question meets a different upstream fault each time: no answer cache.
+        ("KB_CACHE__ENABLED", "false"),
     ]);
     let (st, up) = s.upload(
         "llm",
@@ -293,6 +295,8 @@ fn chat_completions_report_upstream_faults() {
         ("KB_LLM__API_KEY", "sk-test-secret"),
         ("KB_LLM__FIRST_TOKEN_TIMEOUT_SECS", "2"),
         ("KB_LLM__IDLE_TIMEOUT_SECS", "1"),
+        // The same question meets a different upstream fault each time: no answer cache.
+        ("KB_CACHE__ENABLED", "false"),
     ]);
     let (st, up) = s.upload(
         "llm",

@@ -187,6 +187,12 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/v1/search", post(search))
         .route("/v1/ask", post(ask))
         .route("/v1/info", get(info))
+        .route("/v1/usage", get(usage))
+        .route("/v1/conversations", get(list_conversations))
+        .route(
+            "/v1/conversations/{id}",
+            get(get_conversation).delete(delete_conversation),
+        )
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
@@ -237,6 +243,76 @@ async fn observe(State(core): State<AppState>, req: Request, next: Next) -> Resp
 
 #[derive(Clone)]
 pub struct RequestId(pub String);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    since: Option<String>,
+}
+
+/// Usage since `since` (RFC 3339; default: the last 24 hours), per collection and model.
+async fn usage(
+    State(core): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<UsageQuery>,
+) -> Result<Response, ApiError> {
+    let since = match &q.since {
+        Some(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .map_err(|e| ApiError::bad_request("invalid_since", format!("since: {e} (RFC 3339)")))?
+            .with_timezone(&chrono::Utc),
+        None => chrono::Utc::now() - chrono::Duration::hours(24),
+    };
+    let rows = core.catalog.usage_since(since.timestamp_millis()).await?;
+    let sum = |f: fn(&crate::catalog::UsageAggregate) -> i64| rows.iter().map(f).sum::<i64>();
+    let total = json!({
+        "requests": sum(|r| r.requests),
+        "prompt_tokens": sum(|r| r.prompt_tokens),
+        "completion_tokens": sum(|r| r.completion_tokens),
+        "cache_hits": sum(|r| r.cache_hits),
+        "errors": sum(|r| r.errors),
+        "cost_usd": rows.iter().map(|r| r.cost_usd).sum::<f64>(),
+    });
+    Ok(Json(json!({
+        "since": since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "usage": rows,
+        "total": total,
+    }))
+    .into_response())
+}
+
+async fn list_conversations(State(core): State<AppState>) -> Result<Response, ApiError> {
+    let c = core.catalog.conversations(200).await?;
+    Ok(Json(json!({"conversations": c})).into_response())
+}
+
+async fn get_conversation(
+    State(core): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some(c) = core.catalog.conversation(&id).await? else {
+        return Err(ApiError::not_found(
+            "conversation_not_found",
+            format!("no conversation `{id}`"),
+        ));
+    };
+    let turns = core.catalog.turns(&id).await?;
+    let mut v = serde_json::to_value(c).map_err(ApiError::internal)?;
+    v["turns"] = serde_json::to_value(turns).map_err(ApiError::internal)?;
+    Ok(Json(v).into_response())
+}
+
+async fn delete_conversation(
+    State(core): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if core.catalog.delete_conversation(&id).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found(
+            "conversation_not_found",
+            format!("no conversation `{id}`"),
+        ))
+    }
+}
 
 async fn readyz(State(core): State<AppState>) -> Response {
     match core.catalog.collections().await {
@@ -516,8 +592,31 @@ pub struct AskRequest {
     pub document_ids: Option<Vec<String>>,
     #[serde(default)]
     pub stream: Option<bool>,
+    /// Continue this conversation (created when unknown; ids are 1-64 letters, digits, `-`, `_`).
     #[serde(default)]
     pub conversation_id: Option<String>,
+    /// Start a new conversation; its id comes back in `meta.conversation_id`.
+    #[serde(default)]
+    pub conversation: Option<bool>,
+    /// `false`: do not answer from the cache (the fresh answer is still cached).
+    #[serde(default)]
+    pub cache: Option<bool>,
+}
+
+fn valid_conversation_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_conversation_id",
+            "conversation ids are 1-64 letters, digits, '-' or '_'",
+        ))
+    }
 }
 
 fn sse_event(ev: &AskEvent) -> Event {
@@ -595,10 +694,32 @@ async fn ask(
                 .is_some_and(|a| {
                     a.contains("application/json") && !a.contains("text/event-stream")
                 }));
+    // A conversation: the one named (created when unknown, so clients may choose ids), or a
+    // new one when asked for. It belongs to one collection.
+    let conversation_id = match (req.conversation_id, req.conversation) {
+        (Some(id), _) => Some(id),
+        (None, Some(true)) => Some(uuid::Uuid::new_v4().to_string()),
+        (None, _) => None,
+    };
+    if let Some(id) = &conversation_id {
+        valid_conversation_id(id)?;
+        let conv = core.catalog.ensure_conversation(id, &p.collection).await?;
+        if conv.collection != p.collection {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conversation_collection_mismatch",
+                format!(
+                    "conversation `{id}` belongs to collection `{}`",
+                    conv.collection
+                ),
+            ));
+        }
+    }
     let events = core.query.ask(AskParams {
         search: p,
         request_id,
-        conversation_id: req.conversation_id,
+        conversation_id,
+        use_cache: req.cache != Some(false),
     });
     if wants_json {
         let mut body = serde_json::Map::new();

@@ -428,6 +428,7 @@ async fn chat_completions(
         search,
         request_id,
         conversation_id: None,
+        use_cache: true,
     });
 
     if req.stream != Some(true) {

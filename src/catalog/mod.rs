@@ -5,6 +5,13 @@
 //! *version*. Exactly one version is `live` (searchable) at a time; a new version becomes live
 //! only once fully indexed, in one transaction that also retires the old one.
 
+mod conversations;
+mod embeddings;
+mod usage;
+
+pub use conversations::{ConversationRow, TurnRow};
+pub use usage::{UsageAggregate, UsageRecord};
+
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -27,7 +34,10 @@ pub struct Catalog {
 }
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_caches_usage_conversations.sql"),
+];
 
 async fn migrate(pool: &SqlitePool) -> Result<()> {
     let mut conn = pool.acquire().await?;
@@ -160,6 +170,10 @@ pub struct JobRow {
     pub attempts: i64,
     pub error: Option<String>,
     pub content_hash: String,
+    /// Chunks the embed step sent to the embedder, and chunks whose embedding was reused from
+    /// the embedding cache (same embedder, same text).
+    pub embedded: i64,
+    pub reused: i64,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -580,7 +594,8 @@ impl Catalog {
     pub async fn job(&self, id: &str) -> Result<Option<JobRow>> {
         let row = sqlx::query(
             "SELECT j.id, j.doc_id, j.version, d.collection, d.name, j.status, j.stage, j.done, j.total,
-                    j.attempts, j.error, j.created_at, j.updated_at, COALESCE(v.content_hash, '')
+                    j.attempts, j.error, j.created_at, j.updated_at, COALESCE(v.content_hash, ''),
+                    j.embedded, j.reused
              FROM jobs j JOIN documents d ON d.id = j.doc_id
              LEFT JOIN versions v ON v.doc_id = j.doc_id AND v.version = j.version WHERE j.id = ?",
         )
@@ -602,6 +617,8 @@ impl Catalog {
             created_at: r.get(11),
             updated_at: r.get(12),
             content_hash: r.get(13),
+            embedded: r.get(14),
+            reused: r.get(15),
         }))
     }
 
@@ -634,6 +651,28 @@ impl Catalog {
             .fetch_one(&self.pool)
             .await?;
         Ok(r.get(0))
+    }
+
+    /// Chunks embedded and reused by the job's current attempt.
+    pub async fn job_embed_counts(&self, id: &str, embedded: i64, reused: i64) -> Result<()> {
+        sqlx::query("UPDATE jobs SET embedded = ?, reused = ? WHERE id = ?")
+            .bind(embedded)
+            .bind(reused)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Bump a collection's index version: cached answers computed before are never found again.
+    /// Activation bumps it in its transaction and again once the new version is visible to
+    /// queries, so an answer computed between the two is not served either.
+    pub async fn bump_index_version(&self, collection: &str) -> Result<()> {
+        sqlx::query("UPDATE collections SET index_version = index_version + 1 WHERE name = ?")
+            .bind(collection)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub async fn job_progress(&self, id: &str, stage: &str, done: i64, total: i64) -> Result<()> {

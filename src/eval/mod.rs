@@ -115,6 +115,8 @@ impl Target for LocalTarget {
             },
             request_id: uuid::Uuid::new_v4().to_string(),
             conversation_id: None,
+            // An evaluation measures answering, not the cache.
+            use_cache: false,
         });
         let mut out = Answer::default();
         while let Some(ev) = events.next().await {
@@ -230,7 +232,7 @@ impl Target for RemoteTarget {
             .call(
                 reqwest::Method::POST,
                 "/v1/ask",
-                Some(json!({"collection": collection, "question": question, "stream": false})),
+                Some(json!({"collection": collection, "question": question, "stream": false, "cache": false})),
             )
             .await;
         let total_ms = started.elapsed().as_secs_f64() * 1e3;

@@ -32,6 +32,10 @@ pub struct Ingestor {
     pub events: broadcast::Sender<JobRow>,
     /// Counts chunk tokens for generation budgets (the chat model's tokenizer), if known.
     pub gen_counter: Option<Arc<dyn kb_ingest::TokenCounter + Send + Sync>>,
+    /// Reuse chunk embeddings by (embedder, content hash) from the catalog.
+    pub embedding_cache: bool,
+    /// Records remote embedding calls (usage and cost).
+    pub usage: Option<Arc<crate::usage::UsageLog>>,
     /// Collections written to, and when: the optimiser waits for quiet.
     dirty: Mutex<HashMap<String, Instant>>,
     /// Set at shutdown: a job interrupted by it stays `running`, to be resumed at the next start.
@@ -127,6 +131,8 @@ impl Ingestor {
             max_attempts,
             events,
             gen_counter: None,
+            embedding_cache: true,
+            usage: None,
             dirty: Mutex::new(HashMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             activation: tokio::sync::Mutex::new(()),
@@ -325,9 +331,54 @@ impl Ingestor {
         let tokens: u64 = chunks.iter().map(|c| c.token_count as u64).sum();
         self.progress(job_id, "embed", 0, total).await;
         let mut done = 0;
+        let (mut embedded, mut reused) = (0i64, 0i64);
+        let model = self.embedder.model_id();
+        let dim = self.embedder.dim();
         for batch in chunks.chunks(self.batch_size) {
-            let texts: Vec<String> = batch.iter().map(|c| c.text.clone()).collect();
-            let vectors = self.embedder.embed(texts, Priority::Bulk).await?;
+            // Text this embedder has embedded before (an earlier version, another document, a
+            // re-run) is not embedded again.
+            let mut known = if self.embedding_cache {
+                let hashes: Vec<String> = batch.iter().map(|c| c.content_hash.clone()).collect();
+                self.catalog.cached_embeddings(&model, dim, &hashes).await?
+            } else {
+                HashMap::new()
+            };
+            let mut todo: Vec<&kb_ingest::Chunk> = Vec::new();
+            for c in batch {
+                if !known.contains_key(&c.content_hash)
+                    && !todo.iter().any(|t| t.content_hash == c.content_hash)
+                {
+                    todo.push(c);
+                }
+            }
+            reused += (batch.len() - todo.len()) as i64;
+            if !todo.is_empty() {
+                let texts: Vec<String> = todo.iter().map(|c| c.text.clone()).collect();
+                let t = Instant::now();
+                let result = self.embedder.embed(texts, Priority::Bulk).await;
+                if let Some(u) = &self.usage {
+                    let tokens: u64 = todo.iter().map(|c| c.token_count as u64).sum();
+                    u.embed_call(&job.collection, &model, tokens, t.elapsed(), &result);
+                }
+                let fresh = result?;
+                embedded += todo.len() as i64;
+                let items: Vec<(String, Vec<f32>)> = todo
+                    .iter()
+                    .map(|c| c.content_hash.clone())
+                    .zip(fresh)
+                    .collect();
+                if self.embedding_cache {
+                    self.catalog.store_embeddings(&model, &items).await?;
+                }
+                known.extend(items);
+            }
+            self.catalog
+                .job_embed_counts(job_id, embedded, reused)
+                .await?;
+            let vectors: Vec<Vec<f32>> = batch
+                .iter()
+                .map(|c| known[&c.content_hash].clone())
+                .collect();
             let points = batch
                 .iter()
                 .zip(vectors)
@@ -379,6 +430,10 @@ impl Ingestor {
         self.visibility
             .swap(&collection, &new_key, retired.as_deref());
         drop(activation);
+        // Answers cached between the commit and the swap were computed on the old content.
+        if let Err(e) = self.catalog.bump_index_version(&collection).await {
+            tracing::warn!(error = %e, "index version not bumped after activation");
+        }
         self.emit(job_id).await;
         if let Some(old) = retired {
             self.purge(&collection, &old).await;

@@ -3,7 +3,7 @@
 //! chunks of the same document are merged. The manifest says what went in and what did not.
 
 use super::Source;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
 /// Tokens of the fixed instructions around the sources (measured on the prompt, rounded up).
@@ -13,7 +13,7 @@ const PER_SOURCE_OVERHEAD: usize = 16;
 /// The extractive answerer reads no more than this (it has no window, but a bound keeps it fast).
 const EXTRACTIVE_BUDGET: usize = 4096;
 
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Manifest {
     pub budget_tokens: usize,
     pub used_tokens: usize,
@@ -21,14 +21,14 @@ pub struct Manifest {
     pub dropped: Vec<Dropped>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Included {
     pub n: usize,
     pub chunk_ids: Vec<String>,
     pub tokens: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Dropped {
     pub chunk_id: String,
     pub reason: String,

@@ -3,7 +3,7 @@
 //! declines when no passage covers enough of the question.
 
 use super::Source;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 
 pub const DECLINE: &str = "I don't know: the documents do not contain the answer.";
@@ -170,7 +170,8 @@ fn best_passages(question: &str, sources: &[Source]) -> Vec<Passage> {
 }
 
 /// How well the retrieved sources cover a question: the evidence behind answering or declining.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Grounding {
     /// Share of the question's terms (weighted by rarity among the sources' sentences) that
     /// the quoted passage covers.

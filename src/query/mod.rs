@@ -2,17 +2,22 @@
 //! (extractive or a chat model), as a stream of typed events.
 
 pub mod context;
+pub mod conversation;
 pub mod extractive;
 pub mod prompt;
 
-use crate::catalog::Catalog;
+use crate::cache::{AnswerCache, CachedAnswer};
+use crate::catalog::{Catalog, CollectionInfo, TurnRow, UsageRecord};
 use crate::models::{ChatDelta, ChatModel, ChatRequest, Embedder, ModelError, Priority, Usage};
 use crate::store::{
     FusionParams, RetrieverScore, SearchHit, SearchMode, SearchQuery, StoreError, VectorStore,
 };
+use crate::usage::UsageLog;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use serde::Serialize;
+use kb_ingest::TokenCounter;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -101,7 +106,7 @@ pub struct SearchParams {
 }
 
 /// A retrieved chunk, decorated for clients.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Source {
     pub n: usize,
     pub chunk_id: String,
@@ -138,6 +143,17 @@ pub struct QueryEngine {
     pub context_window: usize,
     pub max_answer_tokens: usize,
     pub temperature: f32,
+    /// The answer cache (exact, and semantic when switched on); None when switched off.
+    pub cache: Option<Arc<AnswerCache>>,
+    pub usage: Arc<UsageLog>,
+    /// Models for the `rewrite` and `summarize` tasks (`llm.routes`, else the answer model).
+    pub rewrite_chat: Option<Arc<dyn ChatModel>>,
+    pub summarize_chat: Option<Arc<dyn ChatModel>>,
+    /// Tokens a conversation may take in a prompt, and the turns always kept verbatim.
+    pub history_tokens: usize,
+    pub keep_turns: usize,
+    /// Counts prompt tokens (the chat model's tokenizer when known).
+    pub gen_counter: Arc<dyn TokenCounter + Send + Sync>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -152,6 +168,69 @@ pub struct UsageOut {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub cost_usd: f64,
+    /// Each model call of the request (answer, rewrite, summarize).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<CallUsage>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CallUsage {
+    pub task: String,
+    pub model: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// The request's usage: the sum of its calls.
+fn usage_out(calls: &[UsageRecord]) -> UsageOut {
+    UsageOut {
+        prompt_tokens: calls.iter().map(|c| c.prompt_tokens).sum(),
+        completion_tokens: calls.iter().map(|c| c.completion_tokens).sum(),
+        cost_usd: calls.iter().map(|c| c.cost_usd).sum(),
+        calls: calls
+            .iter()
+            .map(|c| CallUsage {
+                task: c.task.clone(),
+                model: c.model.clone(),
+                prompt_tokens: c.prompt_tokens,
+                completion_tokens: c.completion_tokens,
+                cost_usd: c.cost_usd,
+            })
+            .collect(),
+    }
+}
+
+/// How a cached answer was found.
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheInfo {
+    /// `exact` or `semantic`.
+    pub kind: String,
+    /// The question the answer was computed for.
+    pub question: String,
+    pub created_at: String,
+    /// Cosine distance between the questions (semantic hits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distance: Option<f32>,
+}
+
+/// What the conversation did for this turn.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConversationInfo {
+    pub id: String,
+    /// This turn's number (from 1).
+    pub turn: i64,
+    /// The question retrieved with: the follow-up rewritten when it referred back.
+    pub standalone_question: String,
+    pub rewritten: bool,
+    /// `llm` or `rule`, when rewritten.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite_method: Option<String>,
+    /// Older turns were folded into the summary for this turn.
+    pub summarized: bool,
+    /// Tokens of history (summary and verbatim turns) in the prompt.
+    pub history_tokens: usize,
+    pub history_turns: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -166,6 +245,13 @@ pub struct Done {
     /// The extractive answerer's evidence for answering or declining.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grounding: Option<extractive::Grounding>,
+    /// Set when the answer was served from the cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheInfo>,
+    /// Which model did which task for this request.
+    pub routing: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<ConversationInfo>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -189,7 +275,32 @@ pub enum AskEvent {
 pub struct AskParams {
     pub search: SearchParams,
     pub request_id: String,
+    /// A conversation that exists in the catalog (the API creates it).
     pub conversation_id: Option<String>,
+    /// Read the answer cache (false: answer afresh; the new answer is still stored).
+    pub use_cache: bool,
+}
+
+/// The outcome of one chat call, collected.
+struct Completion {
+    text: String,
+    usage: Usage,
+    latency_ms: u64,
+    first_token_ms: Option<u64>,
+}
+
+/// Everything decided before retrieval.
+struct Prepared {
+    info: CollectionInfo,
+    standalone: String,
+    rewrite_method: Option<&'static str>,
+    history: prompt::History,
+    history_tokens: usize,
+    summarized: bool,
+    scope: String,
+    key: String,
+    vector: Option<Vec<f32>>,
+    hit: Option<crate::cache::Hit>,
 }
 
 /// Words of `[n]` citations in `answer` that point at one of `n_sources`.
@@ -240,26 +351,55 @@ impl QueryEngine {
 
     /// Ranked chunks for a query, as sources numbered from 1.
     pub async fn search(&self, p: &SearchParams) -> Result<Vec<Source>, QueryError> {
-        let Some(info) = self.catalog.collection(&p.collection).await? else {
-            return Err(QueryError::NoCollection(p.collection.clone()));
+        self.collection_info(&p.collection).await?;
+        self.search_with(p, None).await
+    }
+
+    /// The collection, checked against this server's embedder.
+    async fn collection_info(&self, collection: &str) -> Result<CollectionInfo, QueryError> {
+        let Some(info) = self.catalog.collection(collection).await? else {
+            return Err(QueryError::NoCollection(collection.to_string()));
         };
         // Vectors of another model would be silent garbage: refuse.
         let want = self.embedder.model_id();
         if info.embed_model != want {
             return Err(QueryError::EmbedderMismatch {
-                collection: p.collection.clone(),
+                collection: collection.to_string(),
                 have: info.embed_model,
                 want,
             });
         }
+        Ok(info)
+    }
+
+    /// The question's vector (interactive priority).
+    async fn embed_question(&self, collection: &str, text: &str) -> Result<Vec<f32>, QueryError> {
+        let t = Instant::now();
+        let model = self.embedder.model_id();
+        let r = self
+            .embedder
+            .embed(vec![text.to_string()], Priority::Interactive)
+            .await;
+        let tokens = self.embedder.token_counter().count(text) as u64;
+        self.usage
+            .embed_call(collection, &model, tokens, t.elapsed(), &r);
+        r?.pop()
+            .ok_or_else(|| QueryError::Model(ModelError::Malformed("no embedding".into())))
+    }
+
+    /// Search with the question's vector when already computed.
+    async fn search_with(
+        &self,
+        p: &SearchParams,
+        vector: Option<Vec<f32>>,
+    ) -> Result<Vec<Source>, QueryError> {
         let dense = if p.mode == SearchMode::Sparse {
             None
         } else {
-            let mut v = self
-                .embedder
-                .embed(vec![p.query.clone()], Priority::Interactive)
-                .await?;
-            v.pop()
+            match vector {
+                Some(v) => Some(v),
+                None => Some(self.embed_question(&p.collection, &p.query).await?),
+            }
         };
         let q = SearchQuery {
             collection: p.collection.clone(),
@@ -339,20 +479,447 @@ impl QueryEngine {
             .collect())
     }
 
+    /// Collect a chat call's text and usage.
+    async fn complete(
+        &self,
+        chat: &Arc<dyn ChatModel>,
+        messages: Vec<crate::models::Message>,
+        max_tokens: usize,
+    ) -> Result<Completion, ModelError> {
+        let t = Instant::now();
+        let mut stream = chat
+            .stream(ChatRequest {
+                messages,
+                max_tokens,
+                temperature: 0.0,
+            })
+            .await?;
+        let mut out = Completion {
+            text: String::new(),
+            usage: Usage::default(),
+            latency_ms: 0,
+            first_token_ms: None,
+        };
+        while let Some(item) = stream.next().await {
+            match item? {
+                ChatDelta::Text(x) => {
+                    out.first_token_ms
+                        .get_or_insert(t.elapsed().as_millis() as u64);
+                    out.text.push_str(&x);
+                }
+                ChatDelta::Usage(u) => out.usage = u,
+            }
+        }
+        out.latency_ms = t.elapsed().as_millis() as u64;
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        p: &AskParams,
+        task: &str,
+        model: &str,
+        usage: &Usage,
+        latency_ms: Option<u64>,
+        first_token_ms: Option<u64>,
+        cache_hit: bool,
+        outcome: &str,
+    ) -> UsageRecord {
+        UsageRecord {
+            ts: crate::catalog::now_ms(),
+            request_id: Some(p.request_id.clone()),
+            collection: Some(p.search.collection.clone()),
+            task: task.into(),
+            model: model.into(),
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            latency_ms,
+            first_token_ms,
+            // The model client does not report its retries (yet).
+            retries: None,
+            cache_hit,
+            outcome: outcome.into(),
+            cost_usd: self
+                .usage
+                .cost(model, usage.prompt_tokens, usage.completion_tokens),
+        }
+    }
+
+    /// Tokens `h` takes in a prompt, framing included.
+    fn history_cost(&self, h: &prompt::History) -> usize {
+        if h.is_empty() {
+            return 0;
+        }
+        let items = h.turns.len() * 2 + usize::from(h.summary.is_some());
+        self.gen_counter.count(&h.text()) + items * prompt::HISTORY_OVERHEAD_PER_TURN
+    }
+
+    /// The conversation's history within `history_tokens`: when the summary and the turns after
+    /// it do not fit, all but the last `keep_turns` are folded into the summary (by the
+    /// summarize model, else extractively), which is stored. Returns (history, summarized).
+    async fn history(
+        &self,
+        p: &AskParams,
+        id: &str,
+        turns: &[TurnRow],
+        routing: &mut BTreeMap<String, String>,
+        calls: &mut Vec<UsageRecord>,
+    ) -> Result<(prompt::History, bool), QueryError> {
+        let Some(conv) = self.catalog.conversation(id).await? else {
+            return Ok((prompt::History::default(), false));
+        };
+        let budget = self.history_tokens;
+        let mut summary = conv.summary.clone();
+        let mut recent: Vec<&TurnRow> = turns
+            .iter()
+            .filter(|t| t.n > conv.summarized_upto)
+            .collect();
+        let make = |summary: &Option<String>, recent: &[&TurnRow]| prompt::History {
+            summary: summary.clone(),
+            turns: recent
+                .iter()
+                .map(|t| (t.question.clone(), t.answer.clone()))
+                .collect(),
+        };
+        let mut summarized = false;
+        if self.history_cost(&make(&summary, &recent)) > budget && recent.len() > self.keep_turns {
+            let split = recent.len() - self.keep_turns;
+            let fold: Vec<TurnRow> = recent[..split].iter().map(|t| (*t).clone()).collect();
+            let max = budget / 2;
+            let mut new = None;
+            if let Some(chat) = &self.summarize_chat {
+                let pairs: Vec<(String, String)> = fold
+                    .iter()
+                    .map(|t| (t.question.clone(), t.answer.clone()))
+                    .collect();
+                let msgs = prompt::summarize_messages(summary.as_deref(), &pairs);
+                let model = chat.model_id();
+                routing.insert("summarize".into(), model.clone());
+                match self.complete(chat, msgs, max).await {
+                    Ok(c) => {
+                        calls.push(self.record(
+                            p,
+                            "summarize",
+                            &model,
+                            &c.usage,
+                            Some(c.latency_ms),
+                            c.first_token_ms,
+                            false,
+                            "ok",
+                        ));
+                        let text = c.text.trim().to_string();
+                        if !text.is_empty() {
+                            new = Some(text);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(request_id = %p.request_id, error = %e, "summarize failed; summarising extractively");
+                        calls.push(self.record(
+                            p,
+                            "summarize",
+                            &model,
+                            &Usage::default(),
+                            None,
+                            None,
+                            false,
+                            e.code(),
+                        ));
+                    }
+                }
+            }
+            let new = new.unwrap_or_else(|| {
+                conversation::extractive_summary(summary.as_deref(), &fold, max, &*self.gen_counter)
+            });
+            let new = conversation::truncate_tokens(&new, max, &*self.gen_counter);
+            let upto = fold.last().map(|t| t.n).unwrap_or(conv.summarized_upto);
+            self.catalog.set_summary(id, &new, upto).await?;
+            summary = Some(new);
+            recent.drain(..split);
+            summarized = true;
+        }
+        let mut h = make(&summary, &recent);
+        // Still over (very long recent turns): cut each verbatim turn to its share.
+        let over = self.history_cost(&h);
+        if over > budget && !h.turns.is_empty() {
+            let summary_cost = self.history_cost(&prompt::History {
+                summary: summary.clone(),
+                turns: vec![],
+            });
+            let share = budget.saturating_sub(summary_cost) / h.turns.len();
+            let each = share.saturating_sub(2 * prompt::HISTORY_OVERHEAD_PER_TURN + 2) / 2;
+            for (q, a) in &mut h.turns {
+                *q = conversation::truncate_tokens(q, each, &*self.gen_counter);
+                *a = conversation::truncate_tokens(a, each, &*self.gen_counter);
+            }
+        }
+        Ok((h, summarized))
+    }
+
+    /// Decide what to retrieve with and look in the cache: the conversation's history (summarised
+    /// when over budget), the standalone question, the cache key, and a hit if there is one.
+    async fn prepare(
+        &self,
+        p: &AskParams,
+        routing: &mut BTreeMap<String, String>,
+        calls: &mut Vec<UsageRecord>,
+    ) -> Result<Prepared, QueryError> {
+        let info = self.collection_info(&p.search.collection).await?;
+        let question = p.search.query.trim().to_string();
+        let mut standalone = question.clone();
+        let mut rewrite_method = None;
+        let mut history = prompt::History::default();
+        let mut summarized = false;
+        if let Some(id) = &p.conversation_id {
+            let turns = self.catalog.turns(id).await?;
+            let (h, s) = self.history(p, id, &turns, routing, calls).await?;
+            history = h;
+            summarized = s;
+            // A follow-up that refers back is made standalone before retrieval.
+            if let Some(prev) = turns.last() {
+                if conversation::refers_back(&question) {
+                    if let Some(chat) = &self.rewrite_chat {
+                        let model = chat.model_id();
+                        routing.insert("rewrite".into(), model.clone());
+                        let msgs = prompt::rewrite_messages(&question, &history);
+                        match self.complete(chat, msgs, 128).await {
+                            Ok(c) => {
+                                calls.push(self.record(
+                                    p,
+                                    "rewrite",
+                                    &model,
+                                    &c.usage,
+                                    Some(c.latency_ms),
+                                    c.first_token_ms,
+                                    false,
+                                    "ok",
+                                ));
+                                let text = c
+                                    .text
+                                    .trim()
+                                    .trim_matches(|c| c == '"' || c == '\'')
+                                    .trim()
+                                    .to_string();
+                                if !text.is_empty() && text.len() <= 2000 {
+                                    standalone = text;
+                                    rewrite_method = Some("llm");
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(request_id = %p.request_id, error = %e, "rewrite failed; rewriting by rule");
+                                calls.push(self.record(
+                                    p,
+                                    "rewrite",
+                                    &model,
+                                    &Usage::default(),
+                                    None,
+                                    None,
+                                    false,
+                                    e.code(),
+                                ));
+                            }
+                        }
+                    }
+                    if rewrite_method.is_none() {
+                        standalone =
+                            conversation::rule_rewrite(&question, &prev.standalone_question);
+                        rewrite_method = Some("rule");
+                    }
+                }
+            }
+        }
+        let history_tokens = if self.chat.is_some() {
+            self.history_cost(&history)
+        } else {
+            0
+        };
+        // Everything but the question that the answer depends on.
+        let s = &p.search;
+        let mut doc_ids = s.doc_ids.clone().unwrap_or_default();
+        doc_ids.sort();
+        let mut parts = vec![
+            ("collection", s.collection.clone()),
+            ("index_version", info.index_version.to_string()),
+            ("embedder", info.embed_model.clone()),
+            ("model", self.model_name()),
+            ("prompt", prompt::PROMPT_VERSION.to_string()),
+            ("mode", format!("{:?}", s.mode)),
+            ("top_k", s.top_k.to_string()),
+            ("candidates", self.candidates.to_string()),
+            (
+                "fusion",
+                format!(
+                    "{}/{}/{}",
+                    self.fusion.k, self.fusion.dense_weight, self.fusion.sparse_weight
+                ),
+            ),
+            (
+                "doc_ids",
+                if s.doc_ids.is_some() {
+                    doc_ids.join(",")
+                } else {
+                    "*".into()
+                },
+            ),
+            (
+                "window",
+                format!(
+                    "{}/{}/{}",
+                    self.context_window, self.max_answer_tokens, self.temperature
+                ),
+            ),
+        ];
+        // A chat model sees the history: then it is part of what the answer depends on.
+        if self.chat.is_some() && !history.is_empty() {
+            parts.push(("history", history.text()));
+        }
+        let scope = crate::cache::scope_key(&parts);
+        let key = crate::cache::exact_key(&scope, &standalone);
+        let mut vector = None;
+        let mut hit = None;
+        if let Some(cache) = self.cache.as_ref().filter(|_| p.use_cache) {
+            hit = cache.lookup(&key, &scope, None).await;
+            if hit.is_none() && cache.semantic_enabled() && s.mode != SearchMode::Sparse {
+                let v = self.embed_question(&s.collection, &standalone).await?;
+                hit = cache.lookup(&key, &scope, Some(&v)).await;
+                vector = Some(v);
+            }
+        }
+        Ok(Prepared {
+            info,
+            standalone,
+            rewrite_method,
+            history,
+            history_tokens,
+            summarized,
+            scope,
+            key,
+            vector,
+            hit,
+        })
+    }
+
+    /// Store a finished turn; returns its number.
+    async fn save_turn(
+        &self,
+        p: &AskParams,
+        standalone: &str,
+        answer: &str,
+        citations: &[usize],
+        sources: &[Source],
+    ) -> Option<i64> {
+        let id = p.conversation_id.as_ref()?;
+        let compact: Vec<serde_json::Value> = sources
+            .iter()
+            .map(|s| {
+                serde_json::json!({"n": s.n, "doc_id": s.doc_id, "doc_name": s.doc_name,
+                    "chunk_id": s.chunk_id, "page": s.page, "heading": s.heading})
+            })
+            .collect();
+        match self
+            .catalog
+            .add_turn(
+                id,
+                p.search.query.trim(),
+                standalone,
+                answer,
+                &serde_json::json!(citations),
+                &serde_json::Value::Array(compact),
+            )
+            .await
+        {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!(request_id = %p.request_id, error = %e, "turn not stored");
+                None
+            }
+        }
+    }
+
     /// Answer a question as a stream of events.
     pub fn ask(self: &Arc<Self>, p: AskParams) -> BoxStream<'static, AskEvent> {
         let this = self.clone();
         let s = async_stream::stream! {
             let started = Instant::now();
-            yield AskEvent::Meta(Meta {
+            let answer_model = this.model_name();
+            let mut routing = BTreeMap::new();
+            routing.insert("answer".to_string(), answer_model.clone());
+            let mut calls: Vec<UsageRecord> = Vec::new();
+            let meta = |cached: bool| AskEvent::Meta(Meta {
                 request_id: p.request_id.clone(),
                 conversation_id: p.conversation_id.clone(),
-                model: this.model_name(),
-                cached: false,
+                model: answer_model.clone(),
+                cached,
             });
-            let hits = match this.search(&p.search).await {
+            let prep = match this.prepare(&p, &mut routing, &mut calls).await {
+                Ok(x) => x,
+                Err(e) => {
+                    yield meta(false);
+                    this.usage.record(&calls).await;
+                    yield AskEvent::Error { code: e.code().into(), message: e.to_string() };
+                    return;
+                }
+            };
+            let conv_info = |turn: Option<i64>, prep: &Prepared| {
+                p.conversation_id.as_ref().map(|id| ConversationInfo {
+                    id: id.clone(),
+                    turn: turn.unwrap_or(0),
+                    standalone_question: prep.standalone.clone(),
+                    rewritten: prep.rewrite_method.is_some(),
+                    rewrite_method: prep.rewrite_method.map(str::to_string),
+                    summarized: prep.summarized,
+                    history_tokens: prep.history_tokens,
+                    history_turns: prep.history.turns.len(),
+                })
+            };
+
+            // A cached answer replays through the same events, with no new usage.
+            if let Some(hit) = &prep.hit {
+                let a = &hit.answer;
+                yield meta(true);
+                yield AskEvent::Sources(a.sources.clone());
+                let mut first_token = None;
+                for piece in extractive::pieces(&a.answer) {
+                    first_token.get_or_insert(started.elapsed().as_millis() as u64);
+                    yield AskEvent::Token(piece);
+                }
+                let mut rows = calls.clone();
+                rows.push(this.record(&p, "answer", &answer_model, &Usage::default(),
+                    Some(started.elapsed().as_millis() as u64), first_token, true, "ok"));
+                this.usage.record(&rows).await;
+                let turn = this.save_turn(&p, &prep.standalone, &a.answer, &a.citations, &a.sources).await;
+                yield AskEvent::Done(Box::new(Done {
+                    answer: a.answer.clone(),
+                    citations: a.citations.clone(),
+                    declined: a.declined,
+                    answerer: a.answerer.clone(),
+                    usage: usage_out(&calls),
+                    timings_ms: Timings {
+                        retrieve: 0,
+                        first_token,
+                        total: started.elapsed().as_millis() as u64,
+                    },
+                    context: a.context.clone(),
+                    grounding: a.grounding.clone(),
+                    cache: Some(CacheInfo {
+                        kind: hit.kind.to_string(),
+                        question: a.question.clone(),
+                        created_at: a.created_at.clone(),
+                        distance: hit.distance,
+                    }),
+                    routing,
+                    conversation: conv_info(turn, &prep),
+                }));
+                return;
+            }
+
+            yield meta(false);
+            let mut search = p.search.clone();
+            search.query = prep.standalone.clone();
+            let hits = match this.search_with(&search, prep.vector.clone()).await {
                 Ok(h) => h,
                 Err(e) => {
+                    this.usage.record(&calls).await;
                     yield AskEvent::Error { code: e.code().into(), message: e.to_string() };
                     return;
                 }
@@ -361,9 +928,10 @@ impl QueryEngine {
             let budget = context::budget(
                 this.context_window,
                 this.max_answer_tokens,
-                &p.search.query,
+                &search.query,
                 this.chat.is_some(),
-            );
+            )
+            .saturating_sub(prep.history_tokens);
             let (sources, manifest) = context::pack(hits, budget);
             yield AskEvent::Sources(sources.clone());
 
@@ -375,10 +943,10 @@ impl QueryEngine {
             match &this.chat {
                 None => {
                     answerer = "extractive".to_string();
-                    let missing = extractive::missing_words(&p.search.query, &sources);
-                    let unknown = this.unknown_words(&p.search, &missing).await;
+                    let missing = extractive::missing_words(&search.query, &sources);
+                    let unknown = this.unknown_words(&search, &missing).await;
                     let (text, g) = extractive::answer_with_grounding(
-                        &p.search.query,
+                        &search.query,
                         &sources,
                         missing,
                         unknown,
@@ -394,16 +962,25 @@ impl QueryEngine {
                 }
                 Some(chat) => {
                     answerer = "llm".to_string();
-                    let messages = prompt::messages(&p.search.query, &sources);
+                    let messages = if prep.history.is_empty() {
+                        prompt::messages(&search.query, &sources)
+                    } else {
+                        prompt::messages_with_history(&search.query, &sources, &prep.history)
+                    };
                     let req = ChatRequest {
                         messages,
                         max_tokens: this.max_answer_tokens,
                         temperature: this.temperature,
                     };
+                    let call_start = Instant::now();
+                    let mut call_first = None;
                     let mut stream = match chat.stream(req).await {
                         Ok(s) => s,
                         Err(e) => {
                             tracing::warn!(request_id = %p.request_id, error = %e, "chat model failed");
+                            calls.push(this.record(&p, "answer", &answer_model, &Usage::default(),
+                                Some(call_start.elapsed().as_millis() as u64), None, false, e.code()));
+                            this.usage.record(&calls).await;
                             yield AskEvent::Error { code: e.code().into(), message: e.to_string() };
                             return;
                         }
@@ -413,6 +990,7 @@ impl QueryEngine {
                             Ok(ChatDelta::Text(t)) => {
                                 if first_token.is_none() {
                                     first_token = Some(started.elapsed().as_millis() as u64);
+                                    call_first = Some(call_start.elapsed().as_millis() as u64);
                                 }
                                 answer.push_str(&t);
                                 yield AskEvent::Token(t);
@@ -420,24 +998,48 @@ impl QueryEngine {
                             Ok(ChatDelta::Usage(u)) => usage = u,
                             Err(e) => {
                                 tracing::warn!(request_id = %p.request_id, error = %e, "chat stream failed");
+                                calls.push(this.record(&p, "answer", &answer_model, &usage,
+                                    Some(call_start.elapsed().as_millis() as u64), call_first, false, e.code()));
+                                this.usage.record(&calls).await;
                                 yield AskEvent::Error { code: e.code().into(), message: e.to_string() };
                                 return;
                             }
                         }
                     }
+                    calls.push(this.record(&p, "answer", &answer_model, &usage,
+                        Some(call_start.elapsed().as_millis() as u64), call_first, false, "ok"));
                 }
+            }
+            if this.chat.is_none() {
+                calls.push(this.record(&p, "answer", &answer_model, &Usage::default(),
+                    Some(started.elapsed().as_millis() as u64), first_token, false, "ok"));
             }
             let citations = citations_in(&answer, sources.len());
             let declined = extractive::is_decline(&answer);
+            // Complete answers only (errors returned above); declines are answers too.
+            if let Some(cache) = &this.cache {
+                let entry = CachedAnswer {
+                    question: prep.standalone.clone(),
+                    model: answer_model.clone(),
+                    answer: answer.clone(),
+                    citations: citations.clone(),
+                    declined,
+                    answerer: answerer.clone(),
+                    sources: sources.clone(),
+                    context: manifest.clone(),
+                    grounding: grounding.clone(),
+                    created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                };
+                cache.put(&prep.key, &prep.scope, prep.vector.clone(), &entry).await;
+            }
+            this.usage.record(&calls).await;
+            let turn = this.save_turn(&p, &prep.standalone, &answer, &citations, &sources).await;
+            let _ = &prep.info;
             yield AskEvent::Done(Box::new(Done {
                 citations,
                 declined,
                 answerer,
-                usage: UsageOut {
-                    prompt_tokens: usage.prompt_tokens,
-                    completion_tokens: usage.completion_tokens,
-                    cost_usd: 0.0,
-                },
+                usage: usage_out(&calls),
                 timings_ms: Timings {
                     retrieve: retrieve_ms,
                     first_token,
@@ -446,6 +1048,9 @@ impl QueryEngine {
                 context: manifest,
                 grounding,
                 answer,
+                cache: None,
+                routing,
+                conversation: conv_info(turn, &prep),
             }));
         };
         Box::pin(s)

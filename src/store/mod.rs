@@ -130,7 +130,7 @@ impl Default for FusionParams {
 
 /// One retriever's view of a hit: its rank (from 1) and raw score (cosine for dense, BM25 for
 /// sparse).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RetrieverScore {
     pub rank: usize,
     pub score: f32,
