@@ -482,12 +482,12 @@ fn exp(x: f32) -> f32 {
     // 1.5 * 2^23: adding it rounds to the nearest integer, which lands in the low mantissa
     // bits (no float-to-int conversion, which would keep the loop scalar).
     const MAGIC: f32 = 12_582_912.0;
-    let t = x.max(-87.0).min(88.0) * std::f32::consts::LOG2_E;
+    let t = x.clamp(-87.0, 88.0) * std::f32::consts::LOG2_E;
     let r = t + MAGIC;
     let n = r - MAGIC;
     let f = t - n; // in [-0.5, 0.5]
     let p = 1.0
-        + f * (0.693_147_2
+        + f * (std::f32::consts::LN_2
             + f * (0.240_226_5
                 + f * (0.055_504_11
                     + f * (0.009_618_129 + f * (0.001_333_355_8 + f * 0.000_154_035_3)))));
