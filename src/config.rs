@@ -124,6 +124,12 @@ pub struct LlmConfig {
     /// Tokens reserved for the answer.
     pub max_answer_tokens: usize,
     pub temperature: f32,
+    /// What to do with a generated answer that has a sentence its cited sources do not
+    /// support: `fallback` (replace it with the extractive answer), `decline`, `flag` (keep it,
+    /// report it in `done.guard`) or `off`.
+    pub guard: String,
+    /// Least share of a sentence's content words its sources must contain.
+    pub guard_min_support: f64,
     pub connect_timeout_secs: f64,
     pub first_token_timeout_secs: f64,
     pub idle_timeout_secs: f64,
@@ -192,6 +198,8 @@ impl Default for LlmConfig {
             context_window: 8192,
             max_answer_tokens: 768,
             temperature: 0.1,
+            guard: "fallback".into(),
+            guard_min_support: 0.6,
             connect_timeout_secs: 5.0,
             first_token_timeout_secs: 30.0,
             idle_timeout_secs: 20.0,
@@ -474,6 +482,12 @@ impl Config {
             );
         }
         crate::models::local_embed::Engine::parse(&self.embedding.engine)?;
+        if !["fallback", "decline", "flag", "off"].contains(&self.llm.guard.as_str()) {
+            anyhow::bail!("llm.guard must be fallback, decline, flag or off");
+        }
+        if !(0.0..=1.0).contains(&self.llm.guard_min_support) {
+            anyhow::bail!("llm.guard_min_support must be between 0 and 1");
+        }
         if self.embedding.batch_size == 0 {
             anyhow::bail!("embedding.batch_size must be at least 1");
         }

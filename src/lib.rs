@@ -300,6 +300,8 @@ impl Core {
             context_window: config.llm.context_window,
             max_answer_tokens: config.llm.max_answer_tokens,
             temperature: config.llm.temperature,
+            guard: config.llm.guard.clone(),
+            guard_min_support: config.llm.guard_min_support,
             cache,
             usage,
             rewrite_chat,

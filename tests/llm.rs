@@ -407,3 +407,84 @@ fn chat_completions_report_upstream_faults() {
         "a broken answer does not end as if complete: {body}"
     );
 }
+
+#[test]
+fn generated_answers_must_be_supported_by_their_sources() {
+    let (url, fake) = start_fake();
+    let start = |guard: &str| {
+        let s = Server::start_with(&[
+            ("KB_LLM__PROVIDER", "openai"),
+            ("KB_LLM__MODEL", "fake-model"),
+            ("KB_LLM__BASE_URL", &url),
+            ("KB_LLM__GUARD", guard),
+            ("KB_CACHE__ENABLED", "false"),
+        ]);
+        let (st, up) = s.upload(
+            "llm",
+            &[(
+                "hall.md",
+                b"# Hall\n\nTwelve lanterns hang in the east hall. The west hall has none.\n"
+                    .to_vec(),
+            )],
+        );
+        assert_eq!(st, 202);
+        s.wait_job(up["documents"][0]["job_id"].as_str().unwrap());
+        s
+    };
+    let script = |pieces: Vec<&'static str>| {
+        let mut q = fake.script.lock().unwrap();
+        q.clear();
+        q.push_back(Script::Stream { pieces, ids: true });
+    };
+    let done_of = |s: &Server| {
+        let ev = ask(s);
+        let (name, done) = ev.last().unwrap().clone();
+        assert_eq!(name, "done", "{ev:?}");
+        done
+    };
+
+    let s = start("fallback");
+    // Supported by the source it cites: kept.
+    script(vec!["Twelve lanterns hang ", "in the east hall [1]."]);
+    let done = done_of(&s);
+    assert_eq!(done["answer"], "Twelve lanterns hang in the east hall [1].");
+    assert_eq!(done["guard"]["action"], "passed", "{done}");
+    assert_eq!(done["guard"]["checked"], 1);
+
+    // An invented sentence: the answer falls back to the extractive one, which quotes the
+    // source; the model's answer is kept in the report.
+    script(vec![
+        "Twelve lanterns hang in the east hall [1]. ",
+        "Guided tours of the lanterns start every Sunday at noon [1].",
+    ]);
+    let done = done_of(&s);
+    assert_eq!(done["guard"]["action"], "fallback_extractive", "{done}");
+    let unsupported = done["guard"]["unsupported"].as_array().unwrap();
+    assert_eq!(unsupported.len(), 1, "{done}");
+    assert!(unsupported[0].as_str().unwrap().contains("Guided tours"));
+    assert!(done["guard"]["original_answer"]
+        .as_str()
+        .unwrap()
+        .contains("Guided tours"));
+    let answer = done["answer"].as_str().unwrap();
+    assert!(
+        answer.contains("Twelve lanterns hang in the east hall"),
+        "{answer}"
+    );
+    assert!(!answer.contains("Guided tours"), "{answer}");
+    assert_eq!(done["answerer"], "llm");
+    assert_eq!(done["declined"], false);
+    assert_eq!(done["citations"], json!([1]));
+    drop(s);
+
+    // The same answer with the guard set to decline.
+    let s = start("decline");
+    script(vec![
+        "Twelve lanterns hang in the east hall [1]. ",
+        "Guided tours of the lanterns start every Sunday at noon [1].",
+    ]);
+    let done = done_of(&s);
+    assert_eq!(done["guard"]["action"], "declined", "{done}");
+    assert_eq!(done["declined"], true);
+    assert!(done["citations"].as_array().unwrap().is_empty());
+}

@@ -453,6 +453,10 @@ function renderMeta(meta, done) {
   const badge = (text, cls) => el('span', { class: 'badge ' + cls, text });
   parts.push(meta.cached ? badge('from cache', 'cached') : badge('fresh answer', 'fresh'));
   if (done.declined) parts.push(badge('declined: the sources do not answer this', 'declined'));
+  const g = done.guard || {};
+  if (g.action === 'fallback_extractive') parts.push(badge("the model's answer was not supported by its sources: showing the quoted passage instead", 'declined'));
+  else if (g.action === 'declined') parts.push(badge("the model's answer was not supported by its sources", 'declined'));
+  else if (g.action === 'flagged') parts.push(badge('some sentences are not supported by the cited sources', 'declined'));
   const info = [];
   if (done.answerer) info.push('answerer ' + done.answerer);
   if (meta.model) info.push('model ' + meta.model);

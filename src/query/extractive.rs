@@ -24,14 +24,14 @@ const STOPWORDS: &[&str] = &[
     "name", "called", "value", "python", "kind",
 ];
 
-fn words(text: &str) -> Vec<String> {
+pub(crate) fn words(text: &str) -> Vec<String> {
     text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
         .filter(|w| !w.is_empty())
         .map(|w| w.to_lowercase())
         .collect()
 }
 
-fn stem(w: &str) -> &str {
+pub(crate) fn stem(w: &str) -> &str {
     for suf in ["ing", "ed", "es", "s"] {
         if w.len() > suf.len() + 3 && w.ends_with(suf) {
             return &w[..w.len() - suf.len()];
@@ -40,7 +40,7 @@ fn stem(w: &str) -> &str {
     w
 }
 
-fn terms(question: &str) -> Vec<String> {
+pub(crate) fn terms(question: &str) -> Vec<String> {
     let mut seen = HashSet::new();
     words(question)
         .into_iter()
@@ -51,7 +51,7 @@ fn terms(question: &str) -> Vec<String> {
 }
 
 /// Split text into sentences (and lines: headings, list items and table rows stand alone).
-fn sentences(text: &str) -> Vec<String> {
+pub(crate) fn sentences(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     for line in text.split('\n') {
         let line = line
@@ -94,7 +94,7 @@ struct Passage {
     coverage: f64,
 }
 
-fn matches_term(word_stems: &HashSet<String>, term: &str) -> bool {
+pub(crate) fn matches_term(word_stems: &HashSet<String>, term: &str) -> bool {
     word_stems.contains(term)
         || (term.len() >= 5
             && word_stems

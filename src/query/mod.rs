@@ -4,6 +4,7 @@
 pub mod context;
 pub mod conversation;
 pub mod extractive;
+pub mod guard;
 pub mod prompt;
 
 use crate::cache::{AnswerCache, CachedAnswer};
@@ -143,6 +144,9 @@ pub struct QueryEngine {
     pub context_window: usize,
     pub max_answer_tokens: usize,
     pub temperature: f32,
+    /// The grounding guard for generated answers (`llm.guard`) and its threshold.
+    pub guard: String,
+    pub guard_min_support: f64,
     /// The answer cache (exact, and semantic when switched on); None when switched off.
     pub cache: Option<Arc<AnswerCache>>,
     pub usage: Arc<UsageLog>,
@@ -245,6 +249,9 @@ pub struct Done {
     /// The extractive answerer's evidence for answering or declining.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grounding: Option<extractive::Grounding>,
+    /// The grounding guard's verdict on a generated answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<guard::GuardReport>,
     /// Set when the answer was served from the cache.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheInfo>,
@@ -901,6 +908,7 @@ impl QueryEngine {
                     },
                     context: a.context.clone(),
                     grounding: a.grounding.clone(),
+                    guard: None,
                     cache: Some(CacheInfo {
                         kind: hit.kind.to_string(),
                         question: a.question.clone(),
@@ -940,6 +948,7 @@ impl QueryEngine {
             let mut first_token: Option<u64> = None;
             let answerer;
             let mut grounding = None;
+            let mut guard_report = None;
             match &this.chat {
                 None => {
                     answerer = "extractive".to_string();
@@ -1008,6 +1017,42 @@ impl QueryEngine {
                     }
                     calls.push(this.record(&p, "answer", &answer_model, &usage,
                         Some(call_start.elapsed().as_millis() as u64), call_first, false, "ok"));
+                    if this.guard != "off" {
+                        let (checked, unsupported) =
+                            guard::check(&answer, &sources, this.guard_min_support);
+                        let mut report = guard::GuardReport {
+                            checked,
+                            unsupported,
+                            action: "passed".into(),
+                            original_answer: None,
+                        };
+                        if !report.unsupported.is_empty() {
+                            tracing::info!(request_id = %p.request_id,
+                                unsupported = report.unsupported.len(), mode = %this.guard,
+                                "generated answer not supported by its sources");
+                            match this.guard.as_str() {
+                                "flag" => report.action = "flagged".into(),
+                                "decline" => {
+                                    report.original_answer = Some(std::mem::replace(
+                                        &mut answer,
+                                        extractive::DECLINE.to_string(),
+                                    ));
+                                    report.action = "declined".into();
+                                }
+                                _ => {
+                                    let missing = extractive::missing_words(&search.query, &sources);
+                                    let unknown = this.unknown_words(&search, &missing).await;
+                                    let (text, g) = extractive::answer_with_grounding(
+                                        &search.query, &sources, missing, unknown);
+                                    grounding = Some(g);
+                                    report.original_answer =
+                                        Some(std::mem::replace(&mut answer, text));
+                                    report.action = "fallback_extractive".into();
+                                }
+                            }
+                        }
+                        guard_report = Some(report);
+                    }
                 }
             }
             if this.chat.is_none() {
@@ -1047,6 +1092,7 @@ impl QueryEngine {
                 },
                 context: manifest,
                 grounding,
+                guard: guard_report,
                 answer,
                 cache: None,
                 routing,
