@@ -270,7 +270,7 @@ struct UsageQuery {
     params(("since" = Option<String>, Query, description = "RFC 3339 start of the window; default: the last 24 hours")),
     responses(
         (status = 200, description = "Usage of model calls since `since`, per collection and model, and in total", body = openapi::UsageResponse),
-        (status = 400, description = "`invalid_since`, or an unknown query parameter (`invalid_request`)", body = openapi::ErrorBody),
+        (status = 400, description = "`invalid_since`. An unknown query parameter is refused with a plain-text 400", body = openapi::ErrorBody),
         (status = 500, description = "`internal_error` (details in the server log)", body = openapi::ErrorBody),
     )
 )]
@@ -736,7 +736,7 @@ fn search_params(
     request_body = SearchRequest,
     responses(
         (status = 200, description = "Ranked chunks", body = openapi::SearchResponse),
-        (status = 400, description = "`empty_question`, `invalid_collection`, `malformed_json`", body = openapi::ErrorBody),
+        (status = 400, description = "`empty_question`, `invalid_collection`, `malformed_json`, `invalid_request` (an unreadable body, e.g. over 2 MB)", body = openapi::ErrorBody),
         (status = 404, description = "`collection_not_found`", body = openapi::ErrorBody),
         (status = 409, description = "`embedder_mismatch`: the collection was built with another embedding model", body = openapi::ErrorBody),
         (status = 413, description = "`question_too_long` (`limits.max_question_chars`)", body = openapi::ErrorBody),
@@ -873,7 +873,7 @@ fn ask_error_response(code: String, message: String) -> Response {
     request_body = AskRequest,
     responses(
         (status = 200, description = "The answer. As JSON when `stream` is false, or when `stream` is absent and `Accept` names `application/json` but not `text/event-stream`. Otherwise server-sent events, in order: `meta` (data: `Meta`), `sources` (data: an array of `Source`), `token`* (data: `TokenData`, pieces of the answer), then `done` (data: `Done`) or `error` (data: `ErrorBody`). `: keep-alive` comments keep the connection open. The status line waits until retrieval is through, so an error before that is a real HTTP status; later errors travel as the `error` event. The event-stream schema shows each event as `{\"event\": name, \"data\": ...}`", content((openapi::AskResponse = "application/json"), (openapi::AskStreamEvent = "text/event-stream"))),
-        (status = 400, description = "`empty_question`, `invalid_collection`, `invalid_conversation_id`, `malformed_json`", body = openapi::ErrorBody),
+        (status = 400, description = "`empty_question`, `invalid_collection`, `invalid_conversation_id`, `malformed_json`, `invalid_request` (an unreadable body, e.g. over 2 MB)", body = openapi::ErrorBody),
         (status = 404, description = "`collection_not_found`", body = openapi::ErrorBody),
         (status = 409, description = "`embedder_mismatch`, or `conversation_collection_mismatch`: the conversation belongs to another collection", body = openapi::ErrorBody),
         (status = 413, description = "`question_too_long` (`limits.max_question_chars`)", body = openapi::ErrorBody),

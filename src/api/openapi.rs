@@ -429,7 +429,8 @@ pub struct OpenAiErrorDetail {
             search them, and ask questions answered from them with citations. Errors are \
             `{\"error\": {\"code\", \"message\"}}` with the right status (the OpenAI-compatible \
             routes use OpenAI's error shape). Every response carries `x-request-id` (the \
-            request's own, when it sends one of up to 64 printable characters)."
+            request's own, when it sends one of up to 64 printable characters). An unknown path \
+            answers 404 `not_found`; a known path with another method, 405."
     ),
     paths(
         super::list_collections,
