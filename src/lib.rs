@@ -53,7 +53,7 @@ impl DataDirLock {
 }
 
 /// Where an upload stands after registration.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct UploadResult {
     pub name: String,
     pub document_id: String,

@@ -2,8 +2,11 @@
 //! `{"error": {"code", "message"}}`, with the right status; internal details are logged only.
 
 mod openai;
+mod openapi;
 mod upload;
 mod web;
+
+pub use openapi::ApiDoc;
 
 use crate::query::{AskEvent, AskParams, SearchParams};
 use crate::store::SearchMode;
@@ -193,9 +196,10 @@ pub fn router(core: Arc<Core>) -> Router {
             "/v1/conversations/{id}",
             get(get_conversation).delete(delete_conversation),
         )
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::openapi_json));
     api.merge(openai::routes())
         .merge(web::routes())
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
@@ -204,6 +208,14 @@ pub fn router(core: Arc<Core>) -> Router {
 }
 
 /// The build and the settings that shape answers (recorded by `kb eval --server`).
+#[utoipa::path(
+    get,
+    path = "/v1/info",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The build and the settings that shape answers (recorded by `kb eval --server`)", body = openapi::Info),
+    )
+)]
 async fn info(State(core): State<AppState>) -> Json<serde_json::Value> {
     Json(core.describe())
 }
@@ -251,6 +263,17 @@ struct UsageQuery {
 }
 
 /// Usage since `since` (RFC 3339; default: the last 24 hours), per collection and model.
+#[utoipa::path(
+    get,
+    path = "/v1/usage",
+    tag = "operations",
+    params(("since" = Option<String>, Query, description = "RFC 3339 start of the window; default: the last 24 hours")),
+    responses(
+        (status = 200, description = "Usage of model calls since `since`, per collection and model, and in total", body = openapi::UsageResponse),
+        (status = 400, description = "`invalid_since`. An unknown query parameter is refused with a plain-text 400", body = openapi::ErrorBody),
+        (status = 500, description = "`internal_error` (details in the server log)", body = openapi::ErrorBody),
+    )
+)]
 async fn usage(
     State(core): State<AppState>,
     axum::extract::Query(q): axum::extract::Query<UsageQuery>,
@@ -279,11 +302,31 @@ async fn usage(
     .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/conversations",
+    tag = "conversations",
+    responses(
+        (status = 200, description = "The most recently updated conversations", body = openapi::ConversationList),
+        (status = 500, description = "`internal_error` (details in the server log)", body = openapi::ErrorBody),
+    )
+)]
 async fn list_conversations(State(core): State<AppState>) -> Result<Response, ApiError> {
     let c = core.catalog.conversations(200).await?;
     Ok(Json(json!({"conversations": c})).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{id}",
+    tag = "conversations",
+    params(("id" = String, Path, description = "Conversation id")),
+    responses(
+        (status = 200, description = "The conversation with its turns", body = openapi::ConversationDetail),
+        (status = 404, description = "`conversation_not_found`", body = openapi::ErrorBody),
+        (status = 500, description = "`internal_error` (details in the server log)", body = openapi::ErrorBody),
+    )
+)]
 async fn get_conversation(
     State(core): State<AppState>,
     Path(id): Path<String>,
@@ -300,6 +343,17 @@ async fn get_conversation(
     Ok(Json(v).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/conversations/{id}",
+    tag = "conversations",
+    params(("id" = String, Path, description = "Conversation id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`conversation_not_found`", body = openapi::ErrorBody),
+        (status = 500, description = "`internal_error` (details in the server log)", body = openapi::ErrorBody),
+    )
+)]
 async fn delete_conversation(
     State(core): State<AppState>,
     Path(id): Path<String>,
@@ -314,6 +368,27 @@ async fn delete_conversation(
     }
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "Alive: `{\"status\": \"ok\"}`", body = openapi::Status))
+)]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Readiness: the catalog answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready: `{\"status\": \"ready\"}`", body = openapi::Status),
+        (status = 503, description = "`not_ready`: the catalog is unavailable", body = openapi::ErrorBody),
+    )
+)]
 async fn readyz(State(core): State<AppState>) -> Response {
     match core.catalog.collections().await {
         Ok(_) => Json(json!({"status": "ready"})).into_response(),
@@ -329,6 +404,15 @@ async fn readyz(State(core): State<AppState>) -> Response {
     }
 }
 
+/// Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition format (version 0.0.4): HTTP requests and latencies by route, ingestion, models, caches, the governor", body = String, content_type = "text/plain; version=0.0.4"),
+    )
+)]
 async fn metrics(State(core): State<AppState>) -> Response {
     (
         [(
@@ -340,12 +424,34 @@ async fn metrics(State(core): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Every collection.
+#[utoipa::path(
+    get,
+    path = "/v1/collections",
+    tag = "collections",
+    responses(
+        (status = 200, description = "Every collection", body = openapi::CollectionList),
+        (status = 500, description = "`internal_error` (details in the server log)", body = openapi::ErrorBody),
+    )
+)]
 async fn list_collections(State(core): State<AppState>) -> Result<Response, ApiError> {
     let c = core.catalog.collections().await?;
     Ok(Json(json!({"collections": c})).into_response())
 }
 
 /// A collection with its counts: `chunks` (catalog, live versions) and `points` (index).
+#[utoipa::path(
+    get,
+    path = "/v1/collections/{collection}",
+    tag = "collections",
+    params(("collection" = String, Path, description = "Collection name: 1-64 letters, digits, `_`, `-`, `.`, starting with a letter or digit")),
+    responses(
+        (status = 200, description = "The collection", body = openapi::CollectionDetail),
+        (status = 400, description = "`invalid_collection`", body = openapi::ErrorBody),
+        (status = 404, description = "`collection_not_found`", body = openapi::ErrorBody),
+        (status = 500, description = "`internal_error` (details in the server log)", body = openapi::ErrorBody),
+    )
+)]
 async fn get_collection(
     State(core): State<AppState>,
     Path(collection): Path<String>,
@@ -369,6 +475,19 @@ async fn get_collection(
     Ok(Json(v).into_response())
 }
 
+/// The documents of a collection.
+#[utoipa::path(
+    get,
+    path = "/v1/collections/{collection}/documents",
+    tag = "collections",
+    params(("collection" = String, Path, description = "Collection name: 1-64 letters, digits, `_`, `-`, `.`, starting with a letter or digit")),
+    responses(
+        (status = 200, description = "The documents, with the state of their newest version", body = openapi::DocumentList),
+        (status = 400, description = "`invalid_collection`", body = openapi::ErrorBody),
+        (status = 404, description = "`collection_not_found`", body = openapi::ErrorBody),
+        (status = 500, description = "`internal_error` (details in the server log)", body = openapi::ErrorBody),
+    )
+)]
 async fn list_documents(
     State(core): State<AppState>,
     Path(collection): Path<String>,
@@ -384,6 +503,18 @@ async fn list_documents(
     Ok(Json(json!({"collection": collection, "documents": docs})).into_response())
 }
 
+/// A document: its live version (if any) and its newest one.
+#[utoipa::path(
+    get,
+    path = "/v1/documents/{id}",
+    tag = "collections",
+    params(("id" = String, Path, description = "Document id")),
+    responses(
+        (status = 200, description = "The document", body = crate::catalog::DocumentView),
+        (status = 404, description = "`document_not_found`", body = openapi::ErrorBody),
+        (status = 500, description = "`internal_error` (details in the server log)", body = openapi::ErrorBody),
+    )
+)]
 async fn get_document(
     State(core): State<AppState>,
     Path(id): Path<String>,
@@ -397,6 +528,18 @@ async fn get_document(
     }
 }
 
+/// Delete a document and all its versions; its chunks leave the index.
+#[utoipa::path(
+    delete,
+    path = "/v1/documents/{id}",
+    tag = "collections",
+    params(("id" = String, Path, description = "Document id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`document_not_found`", body = openapi::ErrorBody),
+        (status = 500, description = "`internal_error` (details in the server log)", body = openapi::ErrorBody),
+    )
+)]
 async fn delete_document(
     State(core): State<AppState>,
     Path(id): Path<String>,
@@ -411,6 +554,18 @@ async fn delete_document(
     }
 }
 
+/// An ingestion job's state.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id (from the upload response)")),
+    responses(
+        (status = 200, description = "The job", body = crate::catalog::JobRow),
+        (status = 404, description = "`job_not_found`", body = openapi::ErrorBody),
+        (status = 500, description = "`internal_error` (details in the server log)", body = openapi::ErrorBody),
+    )
+)]
 async fn get_job(
     State(core): State<AppState>,
     Path(id): Path<String>,
@@ -428,6 +583,18 @@ fn terminal(status: &str) -> bool {
     status == "done" || status == "failed"
 }
 
+/// An ingestion job's progress as server-sent events.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/events",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id (from the upload response)")),
+    responses(
+        (status = 200, description = "Server-sent events: `progress` (data: the job, as `GET /v1/jobs/{id}`) at once and on every change, until one with status `done` or `failed`; or `deleted` (data: `{\"id\", \"status\": \"deleted\"}`) when the job's document was deleted. `: keep-alive` comments keep the connection open. The schema shows each event as `{\"event\": name, \"data\": ...}`", body = openapi::JobStreamEvent, content_type = "text/event-stream"),
+        (status = 404, description = "`job_not_found`", body = openapi::ErrorBody),
+        (status = 500, description = "`internal_error` (details in the server log)", body = openapi::ErrorBody),
+    )
+)]
 async fn job_events(
     State(core): State<AppState>,
     Path(id): Path<String>,
@@ -490,17 +657,23 @@ async fn job_events(
         .into_response())
 }
 
-#[derive(Deserialize)]
+/// Unknown fields are refused.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
+    /// The query (`question` is accepted too).
     #[serde(alias = "question")]
     pub query: String,
+    /// Default: `default`.
     #[serde(default)]
     pub collection: Option<String>,
+    /// 1-100; default: `retrieval.top_k`.
     #[serde(default)]
     pub top_k: Option<usize>,
+    /// `hybrid`, `dense` or `sparse` (`bm25`); default: `retrieval.mode`.
     #[serde(default)]
     pub mode: Option<String>,
+    /// Search only these documents.
     #[serde(default)]
     pub document_ids: Option<Vec<String>>,
 }
@@ -555,6 +728,27 @@ fn search_params(
     })
 }
 
+/// Ranked chunks for a query (no answer).
+#[utoipa::path(
+    post,
+    path = "/v1/search",
+    tag = "questions",
+    request_body = SearchRequest,
+    responses(
+        (status = 200, description = "Ranked chunks", body = openapi::SearchResponse),
+        (status = 400, description = "`empty_question`, `invalid_collection`, `malformed_json`, `invalid_request` (an unreadable body, e.g. over 2 MB)", body = openapi::ErrorBody),
+        (status = 404, description = "`collection_not_found`", body = openapi::ErrorBody),
+        (status = 409, description = "`embedder_mismatch`: the collection was built with another embedding model", body = openapi::ErrorBody),
+        (status = 413, description = "`question_too_long` (`limits.max_question_chars`)", body = openapi::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not `application/json`", body = openapi::ErrorBody),
+        (status = 422, description = "`invalid_top_k` (1-100), `invalid_mode`, or a field of the wrong type or unknown (`invalid_request`)", body = openapi::ErrorBody),
+        (status = 429, description = "`overloaded` (the embedder's queue is full) or `upstream_rate_limited`", body = openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 502, description = "An upstream model failed: `upstream_error`, `upstream_unreachable`, `upstream_malformed`, `model_error`, ...", body = openapi::ErrorBody),
+        (status = 503, description = "`upstream_unavailable` (circuit open) or `shutting_down`", body = openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 504, description = "`upstream_timeout`", body = openapi::ErrorBody),
+        (status = 500, description = "`internal_error` (details in the server log)", body = openapi::ErrorBody),
+    )
+)]
 async fn search(
     State(core): State<AppState>,
     JsonBody(req): JsonBody<SearchRequest>,
@@ -578,18 +772,24 @@ async fn search(
     .into_response())
 }
 
-#[derive(Deserialize)]
+/// Unknown fields are refused.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AskRequest {
     pub question: String,
+    /// Default: `default`.
     #[serde(default)]
     pub collection: Option<String>,
+    /// 1-100; default: `retrieval.top_k`.
     #[serde(default)]
     pub top_k: Option<usize>,
+    /// `hybrid`, `dense` or `sparse` (`bm25`); default: `retrieval.mode`.
     #[serde(default)]
     pub mode: Option<String>,
+    /// Search only these documents.
     #[serde(default)]
     pub document_ids: Option<Vec<String>>,
+    /// `false`: one JSON body; `true`: server-sent events; absent: decided by `Accept`.
     #[serde(default)]
     pub stream: Option<bool>,
     /// Continue this conversation (created when unknown; ids are 1-64 letters, digits, `-`, `_`).
@@ -665,6 +865,27 @@ fn ask_error_response(code: String, message: String) -> Response {
     r
 }
 
+/// Answer a question from a collection, with citations: server-sent events, or one JSON body.
+#[utoipa::path(
+    post,
+    path = "/v1/ask",
+    tag = "questions",
+    request_body = AskRequest,
+    responses(
+        (status = 200, description = "The answer. As JSON when `stream` is false, or when `stream` is absent and `Accept` names `application/json` but not `text/event-stream`. Otherwise server-sent events, in order: `meta` (data: `Meta`), `sources` (data: an array of `Source`), `token`* (data: `TokenData`, pieces of the answer), then `done` (data: `Done`) or `error` (data: `ErrorBody`). `: keep-alive` comments keep the connection open. The status line waits until retrieval is through, so an error before that is a real HTTP status; later errors travel as the `error` event. The event-stream schema shows each event as `{\"event\": name, \"data\": ...}`", content((openapi::AskResponse = "application/json"), (openapi::AskStreamEvent = "text/event-stream"))),
+        (status = 400, description = "`empty_question`, `invalid_collection`, `invalid_conversation_id`, `malformed_json`, `invalid_request` (an unreadable body, e.g. over 2 MB)", body = openapi::ErrorBody),
+        (status = 404, description = "`collection_not_found`", body = openapi::ErrorBody),
+        (status = 409, description = "`embedder_mismatch`, or `conversation_collection_mismatch`: the conversation belongs to another collection", body = openapi::ErrorBody),
+        (status = 413, description = "`question_too_long` (`limits.max_question_chars`)", body = openapi::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not `application/json`", body = openapi::ErrorBody),
+        (status = 422, description = "`invalid_top_k` (1-100), `invalid_mode`, or a field of the wrong type or unknown (`invalid_request`)", body = openapi::ErrorBody),
+        (status = 429, description = "`overloaded` (the embedder's queue is full) or `upstream_rate_limited`", body = openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 502, description = "An upstream model failed: `upstream_error`, `upstream_unreachable`, `upstream_malformed`, `model_error`, ...", body = openapi::ErrorBody),
+        (status = 503, description = "`upstream_unavailable` (circuit open) or `shutting_down`", body = openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 504, description = "`upstream_timeout`", body = openapi::ErrorBody),
+        (status = 500, description = "`internal_error` (details in the server log)", body = openapi::ErrorBody),
+    )
+)]
 async fn ask(
     State(core): State<AppState>,
     axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,

@@ -137,6 +137,15 @@ fn model_entry(id: &str, created_at: &str) -> Value {
 }
 
 /// Every collection as `kb/<name>`; `kb` first when the default collection exists.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "openai",
+    responses(
+        (status = 200, description = "The models: one per collection", body = super::openapi::ModelList),
+        (status = 500, description = "`internal_error`", body = super::openapi::OpenAiErrorBody),
+    )
+)]
 async fn list_models(State(core): State<AppState>) -> Result<Response, OpenAiError> {
     let collections = core.catalog.collections().await.map_err(ApiError::from)?;
     let mut data = Vec::with_capacity(collections.len() + 1);
@@ -170,6 +179,19 @@ async fn resolve_model(core: &AppState, model: &str) -> Result<(String, String),
     }
 }
 
+/// One model. Its id contains a slash (`kb/docs`): the rest of the path is the id, sent as is
+/// or percent-encoded.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}",
+    tag = "openai",
+    params(("model" = String, Path, description = "`kb/<collection>`, or `kb`", example = "kb/docs")),
+    responses(
+        (status = 200, description = "The model", body = super::openapi::ModelObject),
+        (status = 404, description = "`model_not_found`", body = super::openapi::OpenAiErrorBody),
+        (status = 500, description = "`internal_error`", body = super::openapi::OpenAiErrorBody),
+    )
+)]
 async fn get_model(
     State(core): State<AppState>,
     Path(model): Path<String>,
@@ -379,6 +401,26 @@ fn data(v: &Value) -> Event {
     Event::default().data(v.to_string())
 }
 
+/// A chat completion answered from the model's collection, with the sources and citations in
+/// an extra `kb` object.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "openai",
+    request_body = super::openapi::ChatCompletionRequest,
+    responses(
+        (status = 200, description = "A `chat.completion` (JSON), or with `stream: true` server-sent events whose `data` is a `chat.completion.chunk` each, ending with `data: [DONE]` (an error after the stream started is sent as `data: <OpenAI error body>` before `[DONE]`). The status line waits for the first token, so earlier failures are real HTTP statuses", content((super::openapi::ChatCompletion = "application/json"), (super::openapi::ChatCompletionChunk = "text/event-stream"))),
+        (status = 400, description = "`malformed_json`, `invalid_request`, `invalid_body`, `empty_array`, `no_user_message`, `invalid_type`, `invalid_value`, `missing_content`, `unsupported_content`, `unsupported_value` (`n` > 1), or a question kb cannot take (`empty_question`, `question_too_long`), with `param`", body = super::openapi::OpenAiErrorBody),
+        (status = 404, description = "`model_not_found`", body = super::openapi::OpenAiErrorBody),
+        (status = 409, description = "`embedder_mismatch`", body = super::openapi::OpenAiErrorBody),
+        (status = 413, description = "`invalid_body`: the body is over the request limit", body = super::openapi::OpenAiErrorBody),
+        (status = 429, description = "`overloaded` or `upstream_rate_limited`", body = super::openapi::OpenAiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "`internal_error`", body = super::openapi::OpenAiErrorBody),
+        (status = 502, description = "An upstream model failed", body = super::openapi::OpenAiErrorBody),
+        (status = 503, description = "`upstream_unavailable` or `shutting_down`", body = super::openapi::OpenAiErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 504, description = "`upstream_timeout`", body = super::openapi::OpenAiErrorBody),
+    )
+)]
 async fn chat_completions(
     State(core): State<AppState>,
     Extension(RequestId(request_id)): Extension<RequestId>,

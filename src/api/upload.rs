@@ -148,6 +148,25 @@ async fn drain_rest(multipart: &mut Multipart) {
     }
 }
 
+/// Upload documents: each `file` part becomes a new document, a new version of the document of
+/// that name, or (same bytes) the existing document. Ingestion runs in the background: follow
+/// each job at `/v1/jobs/{id}` or `/v1/jobs/{id}/events`.
+#[utoipa::path(
+    post,
+    path = "/v1/collections/{collection}/documents",
+    tag = "collections",
+    params(("collection" = String, Path, description = "Collection name (created on first upload): 1-64 letters, digits, `_`, `-`, `.`, starting with a letter or digit")),
+    request_body(content = super::openapi::UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 202, description = "Registered; ingestion queued", body = super::openapi::UploadResponse),
+        (status = 400, description = "`invalid_collection`, `invalid_filename`, `empty_file`, `no_files`, `malformed_multipart`", body = super::openapi::ErrorBody),
+        (status = 409, description = "`embedder_mismatch`: the collection was built with another embedding model", body = super::openapi::ErrorBody),
+        (status = 413, description = "`file_too_large` (`limits.max_upload_bytes`) or `too_many_files` (`limits.max_files_per_request`)", body = super::openapi::ErrorBody),
+        (status = 415, description = "`expected_multipart` (not multipart/form-data) or `unsupported_media_type` (a file of a type kb does not read)", body = super::openapi::ErrorBody),
+        (status = 422, description = "`invalid_utf8`, `corrupt_pdf` (truncated), `unprocessable_document`", body = super::openapi::ErrorBody),
+        (status = 500, description = "`internal_error` (details in the server log)", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn upload(
     State(core): State<AppState>,
     Path(collection): Path<String>,

@@ -5,7 +5,7 @@ use super::{iso, now_ms, Catalog, Result};
 use serde::Serialize;
 use sqlx::Row;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ConversationRow {
     pub id: String,
     pub collection: String,
@@ -19,15 +19,31 @@ pub struct ConversationRow {
     pub updated_at: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TurnRow {
     pub n: i64,
     pub question: String,
     pub standalone_question: String,
     pub answer: String,
+    /// The `[n]` sources the answer cites.
+    #[schema(value_type = Vec<usize>)]
     pub citations: serde_json::Value,
+    #[schema(value_type = Vec<TurnSource>)]
     pub sources: serde_json::Value,
     pub created_at: String,
+}
+
+/// The shape of a stored turn's source (`TurnRow::sources`), as the query engine writes it:
+/// the citation data of a `Source`, without its text. Documentation only.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct TurnSource {
+    n: usize,
+    doc_id: String,
+    doc_name: String,
+    chunk_id: String,
+    page: Option<u32>,
+    heading: Option<String>,
 }
 
 const CONV_SELECT: &str =

@@ -94,7 +94,7 @@ pub mod status {
     pub const RETIRED: &str = "retired";
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CollectionInfo {
     pub name: String,
     pub embed_model: String,
@@ -133,7 +133,7 @@ pub fn version_key(doc_id: &str, version: i64) -> String {
 }
 
 /// A document as the API shows it: its live version (if any) and its newest one.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DocumentView {
     pub id: String,
     pub collection: String,
@@ -154,7 +154,7 @@ pub struct DocumentView {
     pub updated_at: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobRow {
     pub id: String,
     pub doc_id: String,

@@ -26,7 +26,7 @@ pub struct UsageRecord {
     pub cost_usd: f64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct UsageAggregate {
     pub collection: Option<String>,
     pub model: String,

@@ -13,7 +13,7 @@ const PER_SOURCE_OVERHEAD: usize = 16;
 /// The extractive answerer reads no more than this (it has no window, but a bound keeps it fast).
 const EXTRACTIVE_BUDGET: usize = 4096;
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct Manifest {
     pub budget_tokens: usize,
     pub used_tokens: usize,
@@ -21,14 +21,14 @@ pub struct Manifest {
     pub dropped: Vec<Dropped>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Included {
     pub n: usize,
     pub chunk_ids: Vec<String>,
     pub tokens: usize,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Dropped {
     pub chunk_id: String,
     pub reason: String,

@@ -170,7 +170,7 @@ fn best_passages(question: &str, sources: &[Source]) -> Vec<Passage> {
 }
 
 /// How well the retrieved sources cover a question: the evidence behind answering or declining.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Grounding {
     /// Share of the question's terms (weighted by rarity among the sources' sentences) that

@@ -107,7 +107,7 @@ pub struct SearchParams {
 }
 
 /// A retrieved chunk, decorated for clients.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Source {
     pub n: usize,
     pub chunk_id: String,
@@ -160,14 +160,14 @@ pub struct QueryEngine {
     pub gen_counter: Arc<dyn TokenCounter + Send + Sync>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Timings {
     pub retrieve: u64,
     pub first_token: Option<u64>,
     pub total: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UsageOut {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -177,7 +177,7 @@ pub struct UsageOut {
     pub calls: Vec<CallUsage>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CallUsage {
     pub task: String,
     pub model: String,
@@ -206,7 +206,7 @@ fn usage_out(calls: &[UsageRecord]) -> UsageOut {
 }
 
 /// How a cached answer was found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CacheInfo {
     /// `exact` or `semantic`.
     pub kind: String,
@@ -219,7 +219,7 @@ pub struct CacheInfo {
 }
 
 /// What the conversation did for this turn.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ConversationInfo {
     pub id: String,
     /// This turn's number (from 1).
@@ -237,7 +237,7 @@ pub struct ConversationInfo {
     pub history_turns: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Done {
     pub answer: String,
     pub citations: Vec<usize>,
@@ -261,7 +261,7 @@ pub struct Done {
     pub conversation: Option<ConversationInfo>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Meta {
     pub request_id: String,
     pub conversation_id: Option<String>,

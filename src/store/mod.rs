@@ -25,7 +25,7 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SearchMode {
     /// Dense + BM25, fused with reciprocal rank fusion.
@@ -130,7 +130,7 @@ impl Default for FusionParams {
 
 /// One retriever's view of a hit: its rank (from 1) and raw score (cosine for dense, BM25 for
 /// sparse).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RetrieverScore {
     pub rank: usize,
     pub score: f32,
