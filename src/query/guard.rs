@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::collections::HashSet;
 
 /// What the guard found and did.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct GuardReport {
     /// Sentences long enough to judge.
     pub checked: usize,
