@@ -330,6 +330,9 @@ test('streaming, stop, hostile model output, upstream errors, server down', asyn
     KB_LLM__MODEL: 'scripted',
     KB_LLM__BASE_URL: `http://127.0.0.1:${portOf(upstream)}/v1`,
     KB_LLM__FIRST_TOKEN_TIMEOUT_SECS: '1',
+    // The hostile answer below cites nothing it says: the grounding guard would replace it with
+    // the extractive answer before the renderer sees it. Flag mode keeps it (with a badge).
+    KB_LLM__GUARD: 'flag',
   });
   const page = await newPage(390, 844); // phone width throughout
   await page.goto(base + '/');
