@@ -9,6 +9,9 @@ const els = {
   docsFilter: $('#docs-filter'), docsCount: $('#docs-count'), versionInput: $('#version-input'),
   question: $('#question'), askBtn: $('#ask-btn'), stopBtn: $('#stop-btn'), spinner: $('#ask-spinner'),
   answer: $('#answer'), sources: $('#sources'), meta: $('#answer-meta'), errorBox: $('#error-box'),
+  thread: $('#thread'), current: $('#current'), currentQ: $('#current-q'), searchedFor: $('#searched-for'),
+  convState: $('#conv-state'), newConv: $('#new-conv'), convList: $('#conv-list'), convEmpty: $('#conv-empty'),
+  convCount: $('#conv-count'), refreshConvs: $('#refresh-convs'),
 };
 
 // ---------- helpers ----------
@@ -79,6 +82,10 @@ function describeError(e) {
   if (code.startsWith('upstream_')) return 'The language model failed to answer.' + detail;
   if (code === 'shutting_down' || e.status === 503) return 'The kb server is shutting down or not ready.' + detail;
   if (code === 'collection_not_found') return `Collection "${collectionName()}" does not exist yet: upload files to create it.`;
+  if (code === 'conversation_collection_mismatch') {
+    return 'This conversation belongs to another collection. Start a new conversation to ask this collection.' + detail;
+  }
+  if (code === 'conversation_not_found') return 'That conversation no longer exists (it may have been deleted).';
   return e.message || 'Something went wrong.';
 }
 
@@ -525,11 +532,27 @@ function setBusy(busy) {
 // The server sends keep-alive comments while it waits; this long without a byte means it is gone.
 const STALL_MS = 90_000;
 
-async function ask() {
+let asking = null; // the running ask(), so a conversation switch can wait for it to settle
+
+function ask() {
+  if (controller) return asking;
+  asking = askOnce().finally(() => { asking = null; });
+  return asking;
+}
+
+async function askOnce() {
   const question = els.question.value.trim();
   if (!question || controller) return;
   const ctl = new AbortController();
   controller = ctl;
+  const coll = collectionName();
+  // A conversation belongs to one collection: asking another one starts a new conversation.
+  if (conv.id && conv.collection !== coll) {
+    setStatus(`Started a new conversation: the previous one was about collection "${conv.collection}".`, false);
+    resetConversation();
+  }
+  renderThread();
+  showCurrent(question);
   answerText = '';
   els.answer.replaceChildren();
   els.sources.replaceChildren();
@@ -537,6 +560,7 @@ async function ask() {
   els.errorBox.hidden = true;
   els.errorBox.textContent = '';
   setBusy(true);
+  let sources = [];
   let meta = {};
   let finished = false;
   let stalled = false;
@@ -547,26 +571,46 @@ async function ask() {
   };
   alive();
   try {
-    // Conversations will add a conversation id here (the API already accepts one).
+    // The first question starts a conversation; follow-ups continue it (kb rewrites those that
+    // refer back, and says so in done.conversation).
+    const body = { question, collection: coll };
+    if (conv.id) body.conversation_id = conv.id;
+    else body.conversation = true;
     const res = await fetch('/v1/ask', {
       method: 'POST',
       headers: { 'Content-Type': 'application/json', Accept: 'text/event-stream' },
-      body: JSON.stringify({ question, collection: collectionName() }),
+      body: JSON.stringify(body),
       signal: ctl.signal,
     });
     if (!res.ok) throw await errorFrom(res);
-    setStatus('');
+    if (!/^Started a new conversation/.test(els.status.textContent)) setStatus('');
     await readSSE(res.body, (name, raw) => {
       let data;
       try { data = JSON.parse(raw); } catch { return; }
-      if (name === 'meta') meta = data || {};
-      else if (name === 'sources') renderSources(data);
+      if (name === 'meta') {
+        meta = data || {};
+        if (meta.conversation_id && !conv.id) { conv.id = meta.conversation_id; conv.collection = coll; }
+      } else if (name === 'sources') { sources = data || []; renderSources(data); }
       else if (name === 'token') { answerText += data.text || ''; scheduleRender(); }
       else if (name === 'done') {
         finished = true;
         if (typeof data.answer === 'string' && data.answer) answerText = data.answer;
         renderAnswer();
         renderMeta(meta, data);
+        const c = data.conversation;
+        if (c) showSearched(question, c.rewritten ? c.standalone_question : '');
+        // The server stored this turn: it joins the thread when the next question is asked.
+        if (conv.id && (!c || c.id === conv.id)) {
+          conv.turns.push({
+            question, answer: answerText,
+            standalone_question: c ? c.standalone_question : question,
+            sources: sources.map((s) => ({ n: s.n, doc_name: s.doc_name, page: s.page, heading: s.heading })),
+          });
+          // Ready for the follow-up, unless one is already being typed.
+          if (els.question.value.trim() === question) els.question.value = '';
+          renderConvState();
+          loadConversations();
+        }
       } else if (name === 'error') {
         finished = true;
         renderAnswer();
@@ -596,6 +640,207 @@ async function ask() {
 
 function stop() { if (controller) controller.abort(); }
 
+// ---------- conversations ----------
+// The conversation the ask box continues: id null until the first answer's `meta` names it.
+let conv = { id: null, collection: null, turns: [] };
+let convs = [];
+
+function resetConversation() {
+  conv = { id: null, collection: null, turns: [] };
+  renderConvState();
+  markCurrentInList();
+}
+
+function renderConvState() {
+  const n = conv.turns.length;
+  els.convState.textContent = !conv.id
+    ? 'New conversation'
+    : `Conversation, ${n} question${n === 1 ? '' : 's'} so far: follow-ups continue it`;
+}
+
+// The current question, above its answer; "searched for" when kb rewrote it.
+function showCurrent(question) {
+  els.current.hidden = false;
+  els.currentQ.replaceChildren(el('span', { class: 'who', text: 'Question: ' }), question);
+  els.searchedFor.hidden = true;
+  els.searchedFor.textContent = '';
+}
+
+function showSearched(question, standalone) {
+  const visible = Boolean(standalone) && standalone.trim() !== question.trim();
+  els.searchedFor.hidden = !visible;
+  els.searchedFor.textContent = visible ? 'searched for: ' + standalone : '';
+}
+
+function clearCurrent() {
+  els.current.hidden = true;
+  els.currentQ.replaceChildren();
+  showSearched('', '');
+  answerText = '';
+  els.answer.replaceChildren();
+  els.sources.replaceChildren();
+  els.meta.replaceChildren();
+  els.errorBox.hidden = true;
+  els.errorBox.textContent = '';
+}
+
+// Earlier turns, compact: the question, what was searched for, the answer clipped to a few
+// lines (a button shows it all). Its citations name their source (the passages are not kept).
+function renderThread() {
+  els.thread.replaceChildren(...conv.turns.map((t, i) => {
+    const answer = el('div', { class: 'turn-a clipped' }, renderMarkdown(t.answer || ''));
+    const byN = new Map((Array.isArray(t.sources) ? t.sources : []).map((s) => [String(s.n), s]));
+    for (const b of answer.querySelectorAll('button.cite')) {
+      const s = byN.get(b.dataset.n);
+      const where = s ? [s.doc_name, s.page != null ? 'page ' + s.page : '', s.heading || ''].filter(Boolean).join(', ') : '';
+      b.replaceWith(el('sup', { class: 'cite-ref', text: `[${b.dataset.n}]`, title: where }));
+    }
+    const li = el('li', { class: 'turn', 'data-n': i + 1 },
+      el('p', { class: 'turn-q' }, el('span', { class: 'who', text: 'Question: ' }), t.question));
+    if (t.standalone_question && t.standalone_question.trim() !== t.question.trim()) {
+      li.append(el('p', { class: 'searched', text: 'searched for: ' + t.standalone_question }));
+    }
+    const more = el('button', { type: 'button', class: 'more', text: 'Show all', 'aria-expanded': 'false', hidden: true });
+    more.addEventListener('click', () => {
+      const open = answer.classList.toggle('clipped') === false;
+      more.textContent = open ? 'Show less' : 'Show all';
+      more.setAttribute('aria-expanded', String(open));
+    });
+    li.append(answer, more);
+    return li;
+  }));
+  updateClipButtons();
+}
+
+// "Show all" only where the clipped answer does not fit (which depends on the window's width).
+function updateClipButtons() {
+  for (const li of els.thread.children) {
+    const answer = li.querySelector('.turn-a');
+    const more = li.querySelector('button.more');
+    more.hidden = answer.classList.contains('clipped') && answer.scrollHeight <= answer.clientHeight + 1;
+  }
+}
+let resizeTimer = 0;
+window.addEventListener('resize', () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(updateClipButtons, 150); });
+
+// Wait for a running answer to stop, so that switching conversations does not mix them.
+async function settle() {
+  if (!controller) return;
+  const running = asking;
+  stop();
+  await running;
+}
+
+async function newConversation() {
+  await settle();
+  resetConversation();
+  renderThread();
+  clearCurrent();
+  setStatus('New conversation: your next question starts it.', false);
+  els.question.focus();
+}
+
+let convSeq = 0;
+async function loadConversations() {
+  const seq = ++convSeq;
+  let data;
+  try {
+    data = await api('/v1/conversations');
+  } catch (e) {
+    if (seq === convSeq) setStatus('Could not load conversations: ' + describeError(e));
+    return;
+  }
+  if (seq !== convSeq) return;
+  if (/^Could not load conversations/.test(els.status.textContent)) setStatus('');
+  // A conversation whose first answer failed holds no turn: nothing to reopen.
+  convs = (data.conversations || []).filter((c) => c.turn_count > 0 || c.id === conv.id);
+  renderConversations();
+}
+
+function renderConversations() {
+  els.convEmpty.hidden = convs.length > 0;
+  els.convCount.textContent = convs.length ? String(convs.length) : '';
+  els.convList.replaceChildren(...convs.map((c) => {
+    const title = c.title || '(no question answered yet)';
+    const n = c.turn_count;
+    const open = el('button', { type: 'button', class: 'conv-open', 'aria-label': `Open conversation "${title}"` },
+      el('span', { class: 'conv-title', text: title }),
+      el('span', { class: 'conv-info', text: [fmtDate(c.updated_at), `${n} question${n === 1 ? '' : 's'}`, 'collection ' + c.collection].join(' · ') }));
+    open.addEventListener('click', () => openConversation(c.id));
+    const del = el('button', { type: 'button', class: 'delete', text: 'Delete', 'aria-label': `Delete conversation "${title}"` });
+    del.addEventListener('click', () => deleteConversation(c));
+    return el('li', { 'data-conv-id': c.id }, open, del);
+  }));
+  markCurrentInList();
+}
+
+function markCurrentInList() {
+  for (const li of els.convList.children) {
+    const cur = Boolean(conv.id) && li.dataset.convId === conv.id;
+    li.classList.toggle('current', cur);
+    const b = li.querySelector('.conv-open');
+    if (cur) b.setAttribute('aria-current', 'true'); else b.removeAttribute('aria-current');
+  }
+}
+
+// Reopen a past conversation: its turns become the thread, and the next question continues it.
+async function openConversation(id) {
+  await settle();
+  let c;
+  try {
+    c = await api(`/v1/conversations/${encodeURIComponent(id)}`);
+  } catch (e) {
+    setStatus('Could not open the conversation: ' + describeError(e));
+    loadConversations();
+    return;
+  }
+  conv = {
+    id: c.id,
+    collection: c.collection,
+    turns: (c.turns || []).map((t) => ({
+      question: t.question, answer: t.answer, standalone_question: t.standalone_question, sources: t.sources,
+    })),
+  };
+  if (c.collection !== collectionName()) {
+    els.collection.value = c.collection;
+    loadDocs();
+  }
+  clearCurrent();
+  renderThread();
+  renderConvState();
+  markCurrentInList();
+  setStatus(`Reopened "${c.title || c.id}": your next question continues it.`, false);
+  els.question.focus();
+}
+
+async function deleteConversation(c) {
+  const title = c.title || c.id;
+  if (!confirm(`Delete the conversation "${title}"? This cannot be undone.`)) return;
+  try {
+    await api(`/v1/conversations/${encodeURIComponent(c.id)}`, { method: 'DELETE' });
+    setStatus(`Deleted the conversation "${title}".`, false);
+  } catch (e) {
+    if (e.code !== 'conversation_not_found') {
+      setStatus(`Could not delete the conversation "${title}": ${describeError(e)}`);
+      return;
+    }
+  }
+  if (conv.id === c.id) {
+    await settle();
+    resetConversation();
+    renderThread();
+    clearCurrent();
+  }
+  // Keep the keyboard where it was: on the next conversation, or the list's heading area.
+  const i = convs.findIndex((x) => x.id === c.id);
+  await loadConversations();
+  const next = els.convList.children[Math.min(Math.max(i, 0), els.convList.children.length - 1)];
+  (next ? next.querySelector('.conv-open') : els.newConv).focus();
+}
+
+els.newConv.addEventListener('click', newConversation);
+els.refreshConvs.addEventListener('click', loadConversations);
+
 els.askBtn.addEventListener('click', ask);
 els.stopBtn.addEventListener('click', stop);
 els.question.addEventListener('keydown', (e) => {
@@ -609,5 +854,7 @@ els.question.addEventListener('keydown', (e) => {
 });
 
 // ---------- start ----------
+renderConvState();
 loadCollections();
 loadDocs();
+loadConversations();

@@ -330,6 +330,9 @@ test('streaming, stop, hostile model output, upstream errors, server down', asyn
     KB_LLM__MODEL: 'scripted',
     KB_LLM__BASE_URL: `http://127.0.0.1:${portOf(upstream)}/v1`,
     KB_LLM__FIRST_TOKEN_TIMEOUT_SECS: '1',
+    // The hostile answer below cites nothing it says: the grounding guard would replace it with
+    // the extractive answer before the renderer sees it. Flag mode keeps it (with a badge).
+    KB_LLM__GUARD: 'flag',
   });
   const page = await newPage(390, 844); // phone width throughout
   await page.goto(base + '/');
@@ -397,6 +400,146 @@ test('streaming, stop, hostile model output, upstream errors, server down', asyn
   assert.equal(await page.isEnabled('#ask-btn'), true);
   assert.equal(await page.isHidden('#ask-spinner'), true);
   await shot(page, '14-server-down');
+
+  assertOnlySelf(page, base);
+  await page.close();
+});
+
+test('conversations: follow-ups, the thread, a new one, reopen, delete', async () => {
+  const base = await startServer('conversations');
+  const page = await newPage();
+  // Every question the page sends, as JSON: which conversation it named.
+  const asks = [];
+  page.on('request', (r) => { if (r.url() === base + '/v1/ask') asks.push(JSON.parse(r.postData())); });
+  await page.goto(base + '/');
+  await page.waitForFunction(() => /No conversations yet/.test(document.querySelector('#conv-empty').textContent)
+    && !document.querySelector('#conv-empty').hidden);
+  assert.match(await page.textContent('#conv-state'), /New conversation/);
+  await page.fill('#collection', 'conv');
+  await page.press('#collection', 'Enter');
+  const doc = join(tmp, 'harbour-light.txt');
+  writeFileSync(doc, 'The Harbour Lighthouse.\n\n' +
+    'The lighthouse lamp turns once every twelve seconds, from dusk to dawn.\n\n' +
+    'Its white light can be seen twenty miles out at sea on a clear night.\n\n' +
+    "The keeper's cottage beside the tower is painted blue with a red door.\n");
+  await page.setInputFiles('#file-input', doc);
+  await page.waitForFunction(() => /ready/.test(document.querySelector('#upload-list li')?.textContent || ''), null, { timeout: 120_000 });
+  const answered = (n) => page.waitForFunction((n) => document.querySelector('#answer-meta').textContent.length > 0
+    && document.querySelectorAll('#thread li.turn').length === n, n, { timeout: 60_000 });
+
+  // The first question starts a conversation.
+  const q1 = 'How often does the lighthouse lamp turn?';
+  await ask(page, q1);
+  await answered(0);
+  assert.match(await page.textContent('#answer'), /twelve seconds/);
+  assert.match(await page.textContent('#current-q'), /How often does the lighthouse lamp turn\?/);
+  assert.equal(await page.isHidden('#searched-for'), true, 'a first question is not rewritten');
+  assert.equal(asks.length, 1);
+  assert.equal(asks[0].conversation, true);
+  assert.equal(asks[0].conversation_id, undefined);
+  await page.waitForSelector('#conv-list li');
+  const list1 = await fetch(`${base}/v1/conversations`).then((r) => r.json());
+  assert.equal(list1.conversations.length, 1);
+  const first = list1.conversations[0].id;
+  assert.equal(await page.getAttribute('#conv-list li', 'data-conv-id'), first);
+  assert.equal(await page.inputValue('#question'), '', 'the box is ready for a follow-up');
+
+  // A follow-up that refers back ("its"): sent with the conversation's id, rewritten by kb, and
+  // the page shows what was searched for and both turns (the first one compact, above).
+  const q2 = 'How far out can its light be seen?';
+  await ask(page, q2);
+  await answered(1);
+  assert.equal(asks.length, 2);
+  assert.equal(asks[1].conversation_id, first);
+  assert.equal(asks[1].conversation, undefined);
+  const turn1 = page.locator('#thread li.turn').first();
+  assert.match(await turn1.locator('.turn-q').textContent(), /How often does the lighthouse lamp turn\?/);
+  assert.match(await turn1.locator('.turn-a').textContent(), /twelve seconds/);
+  assert.equal(await turn1.locator('button').count() <= 1, true, 'old citations are not live buttons');
+  assert.match(await page.textContent('#current-q'), /How far out can its light be seen\?/);
+  assert.equal(await page.isVisible('#searched-for'), true);
+  const searched = await page.textContent('#searched-for');
+  assert.match(searched, /^searched for: How far out can its light be seen\? .*lighthouse/);
+  assert.match(await page.textContent('#answer'), /twenty miles/);
+  assert.match(await page.textContent('#conv-state'), /2 questions/);
+  // What kb stored agrees with what the page shows.
+  let stored = await fetch(`${base}/v1/conversations/${first}`).then((r) => r.json());
+  assert.deepEqual(stored.turns.map((t) => t.question), [q1, q2]);
+  assert.equal('searched for: ' + stored.turns[1].standalone_question, searched);
+  await shot(page, '15-follow-up');
+
+  // A new conversation: the thread and the answer are cleared; the next question starts afresh.
+  await page.click('#new-conv');
+  assert.equal(await page.locator('#thread li').count(), 0);
+  assert.equal(await page.textContent('#answer'), '');
+  assert.equal(await page.isHidden('#current'), true);
+  assert.match(await page.textContent('#conv-state'), /New conversation/);
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'question');
+  const q3 = "What colour is the keeper's cottage?";
+  await ask(page, q3);
+  await answered(0);
+  assert.match(await page.textContent('#answer'), /blue/);
+  assert.equal(asks[2].conversation, true);
+  assert.equal(asks[2].conversation_id, undefined);
+  // The list: newest first, with the first question and the time.
+  await page.waitForFunction(() => document.querySelectorAll('#conv-list li').length === 2);
+  const titles = await page.locator('#conv-list .conv-title').allTextContents();
+  assert.deepEqual(titles, [q3, q1]);
+  const info = await page.locator('#conv-list li', { hasText: q1 }).locator('.conv-info').textContent();
+  assert.match(info, /2 questions/);
+  assert.ok(!Number.isNaN(Date.parse(info.split(' · ')[0])), `time in ${info}`);
+  assert.equal(await page.getAttribute('#conv-list li:first-child .conv-open', 'aria-current'), 'true');
+  await shot(page, '16-new-conversation');
+
+  // Reopen the first with the keyboard: its turns come back and the next question continues it.
+  await page.locator('#conv-list li', { hasText: q1 }).locator('.conv-open').focus();
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => document.querySelectorAll('#thread li.turn').length === 2);
+  assert.equal(await page.isHidden('#current'), true);
+  assert.deepEqual(await page.locator('#thread .turn-q').allTextContents(), ['Question: ' + q1, 'Question: ' + q2]);
+  assert.match(await page.locator('#thread li.turn').nth(1).locator('.searched').textContent(), /searched for: .*lighthouse/);
+  assert.match(await page.textContent('#conv-state'), /2 questions/);
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'question');
+  await ask(page, 'Is it white?');
+  await answered(2);
+  assert.equal(asks[3].conversation_id, first);
+  stored = await fetch(`${base}/v1/conversations/${first}`).then((r) => r.json());
+  assert.equal(stored.turns.length, 3);
+  await shot(page, '17-reopened');
+
+  // Readable on a phone with the thread and the list shown.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await shot(page, '18-conversations-phone');
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `page is ${overflow}px wider than a phone`);
+  // Earlier answers are clipped to a few lines; where one does not fit, "Show all" opens it.
+  await sleep(400);
+  const clips = await page.$$eval('#thread li.turn', (lis) => lis.map((li) => {
+    const a = li.querySelector('.turn-a');
+    return { overflows: a.scrollHeight > a.clientHeight + 1, button: !li.querySelector('button.more').hidden };
+  }));
+  for (const c of clips) assert.ok(!c.overflows || c.button, `a clipped answer has its button: ${JSON.stringify(clips)}`);
+  const more = page.locator('#thread li.turn', { hasText: q2 }).locator('button.more');
+  assert.equal(await more.isVisible(), true, 'the longer earlier answer is clipped at phone width');
+  await more.focus();
+  await page.keyboard.press('Enter');
+  assert.equal(await more.getAttribute('aria-expanded'), 'true');
+  assert.match(await more.textContent(), /Show less/);
+  assert.equal(await page.locator('#thread li.turn', { hasText: q2 }).locator('.turn-a').evaluate((a) => a.scrollHeight <= a.clientHeight + 1), true);
+  await shot(page, '18b-conversations-phone-expanded');
+  await page.setViewportSize({ width: 1100, height: 900 });
+
+  // Delete it, after a confirmation that names it: gone from the list and from the API.
+  await page.waitForFunction((t) => document.querySelector('#conv-list .conv-title')?.textContent === t, q1);
+  await page.locator('#conv-list li', { hasText: q1 }).locator('button.delete').click();
+  await page.waitForFunction(() => document.querySelectorAll('#conv-list li').length === 1);
+  assert.equal(page.dialogs.length, 1);
+  assert.match(page.dialogs[0], /Delete the conversation "How often does the lighthouse lamp turn\?"/);
+  assert.deepEqual(await page.locator('#conv-list .conv-title').allTextContents(), [q3]);
+  assert.equal(await page.locator('#thread li').count(), 0, 'the deleted conversation is no longer shown');
+  assert.match(await page.textContent('#conv-state'), /New conversation/);
+  assert.equal((await fetch(`${base}/v1/conversations/${first}`)).status, 404);
+  await shot(page, '19-conversation-deleted');
 
   assertOnlySelf(page, base);
   await page.close();
