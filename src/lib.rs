@@ -191,7 +191,19 @@ impl Core {
             .context("opening the catalog")?;
         let store: Arc<dyn VectorStore> =
             Arc::new(store::edge::EdgeStore::new(&data.join("index"))?);
-        let governor = Arc::new(models::governor::Governor::new(config.model_policy()));
+        // With a Redis URL the rate-limit buckets are shared by every replica using it.
+        let buckets: Arc<dyn models::governor::BucketStore> = match &config.cache.redis_url {
+            Some(url) => Arc::new(
+                models::redis_buckets::RedisBuckets::connect(url)
+                    .await
+                    .context("connecting to Redis for the rate-limit buckets (cache.redis_url)")?,
+            ),
+            None => Arc::new(models::governor::LocalBuckets::default()),
+        };
+        let governor = Arc::new(models::governor::Governor::with_store(
+            config.model_policy(),
+            buckets,
+        ));
         let embedder = build_embedder(&config, &governor)?;
         let (chat, rewrite_chat, summarize_chat) = build_chat(&config, &governor)?;
         let visibility = Arc::new(Visibility::default());
