@@ -257,6 +257,7 @@ impl Core {
         ));
         ingestor.embedding_cache = config.cache.embeddings;
         ingestor.usage = Some(usage.clone());
+        ingestor.metrics = Some(metrics.clone());
         let gen_counter: Arc<dyn kb_ingest::TokenCounter + Send + Sync> = ingestor
             .gen_counter
             .clone()
@@ -321,6 +322,7 @@ impl Core {
             history_tokens: config.conversations.history_tokens,
             keep_turns: config.conversations.keep_turns,
             gen_counter,
+            metrics: metrics.clone(),
         });
         Ok(Arc::new(Core {
             config,
