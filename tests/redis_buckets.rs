@@ -209,7 +209,9 @@ async fn two_governors_share_one_rpm_budget() {
 /// counted, and nothing fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_redis_falls_back_to_local_buckets() {
-    let Some(_) = redis_url() else { return };
+    let Some(shared) = redis_url() else { return };
+    // The configured server must be there too (this test then runs its own, to stop it).
+    store(&shared).await;
     let dir = tempfile::tempdir().unwrap();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
