@@ -191,7 +191,19 @@ impl Core {
             .context("opening the catalog")?;
         let store: Arc<dyn VectorStore> =
             Arc::new(store::edge::EdgeStore::new(&data.join("index"))?);
-        let governor = Arc::new(models::governor::Governor::new(config.model_policy()));
+        // With a Redis URL the rate-limit buckets are shared by every replica using it.
+        let buckets: Arc<dyn models::governor::BucketStore> = match &config.cache.redis_url {
+            Some(url) => Arc::new(
+                models::redis_buckets::RedisBuckets::connect(url)
+                    .await
+                    .context("connecting to Redis for the rate-limit buckets (cache.redis_url)")?,
+            ),
+            None => Arc::new(models::governor::LocalBuckets::default()),
+        };
+        let governor = Arc::new(models::governor::Governor::with_store(
+            config.model_policy(),
+            buckets,
+        ));
         let embedder = build_embedder(&config, &governor)?;
         let (chat, rewrite_chat, summarize_chat) = build_chat(&config, &governor)?;
         let visibility = Arc::new(Visibility::default());
@@ -245,6 +257,7 @@ impl Core {
         ));
         ingestor.embedding_cache = config.cache.embeddings;
         ingestor.usage = Some(usage.clone());
+        ingestor.metrics = Some(metrics.clone());
         let gen_counter: Arc<dyn kb_ingest::TokenCounter + Send + Sync> = ingestor
             .gen_counter
             .clone()
@@ -309,6 +322,7 @@ impl Core {
             history_tokens: config.conversations.history_tokens,
             keep_turns: config.conversations.keep_turns,
             gen_counter,
+            metrics: metrics.clone(),
         });
         Ok(Arc::new(Core {
             config,

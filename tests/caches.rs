@@ -36,6 +36,21 @@ fn upload_wait(s: &Server, collection: &str, name: &str, text: &str) -> (String,
     (doc, job)
 }
 
+/// The value of one series in `/metrics`, e.g. `kb_answer_cache_hits_total{kind="exact"}`.
+fn metric(s: &Server, series: &str) -> f64 {
+    let text = Server::client()
+        .get(s.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} not in /metrics:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
 const HALL: &str =
     "# Hall\n\nTwelve lanterns hang in the east hall. They are lit at dusk by the warden.\n";
 const Q: &str = "How many lanterns hang in the east hall?";
@@ -114,6 +129,32 @@ fn exact_cache_rules(s: &Server, c: &str) {
 #[test]
 fn exact_cache_in_memory() {
     let s = Server::start();
+    // The counters in /metrics: ingestion, then one miss and one hit.
+    let (hit, miss) = (
+        "kb_answer_cache_hits_total{kind=\"exact\"}",
+        "kb_answer_cache_misses_total{kind=\"exact\"}",
+    );
+    assert_eq!((metric(&s, hit), metric(&s, miss)), (0.0, 0.0));
+    assert_eq!(metric(&s, "kb_ingest_documents_total"), 0.0);
+    let (_, job) = upload_wait(&s, "cache-metrics", "hall.md", HALL);
+    assert_eq!(metric(&s, "kb_ingest_documents_total"), 1.0);
+    assert_eq!(
+        metric(&s, "kb_ingest_chunks_total"),
+        job["embedded"].as_f64().unwrap()
+    );
+    assert!(metric(&s, "kb_ingest_embedding_seconds_count") >= 1.0);
+    let body = json!({"collection": "cache-metrics", "question": Q});
+    let (m, ..) = ask(&s, body.clone());
+    assert_eq!(m["cached"], false);
+    assert_eq!((metric(&s, hit), metric(&s, miss)), (0.0, 1.0));
+    let (m, ..) = ask(&s, body);
+    assert_eq!(m["cached"], true);
+    assert_eq!((metric(&s, hit), metric(&s, miss)), (1.0, 1.0));
+    assert_eq!(
+        metric(&s, "kb_answer_cache_misses_total{kind=\"semantic\"}"),
+        0.0,
+        "semantic is off: not looked up"
+    );
     exact_cache_rules(&s, "cache-mem");
     let (_, info) = s.get("/v1/info");
     assert_eq!(info["cache"]["answers"], "memory", "{info}");
@@ -208,6 +249,18 @@ fn semantic_cache_serves_paraphrases_not_near_misses() {
     );
     assert_eq!(m["cached"], false, "a near-miss does not: {d}");
     assert!(d.get("cache").is_none());
+    // Three asks: three exact misses; the second was a semantic hit, the others misses.
+    let sem = |r: &str| {
+        metric(
+            &s,
+            &format!("kb_answer_cache_{r}_total{{kind=\"semantic\"}}"),
+        )
+    };
+    assert_eq!((sem("hits"), sem("misses")), (1.0, 2.0));
+    assert_eq!(
+        metric(&s, "kb_answer_cache_misses_total{kind=\"exact\"}"),
+        3.0
+    );
 }
 
 /// Re-indexing embeds only text this embedder has not embedded before.
@@ -250,4 +303,17 @@ fn embedding_cache_embeds_only_changed_chunks() {
     let (_, job3) = upload_wait(&s, "emb2", "harbour.md", &v1);
     assert_eq!(job3["embedded"], 0, "{job3}");
     assert_eq!(job3["reused"], chunks);
+
+    // The same counts in /metrics: embedded chunks + 1 + 0, reused 0 + (chunks - 1) + chunks.
+    let chunks = chunks as f64;
+    let m = |r: &str| {
+        metric(
+            &s,
+            &format!("kb_embedding_cache_chunks_total{{result=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(m("embedded"), chunks + 1.0);
+    assert_eq!(m("reused"), 2.0 * chunks - 1.0);
+    assert_eq!(metric(&s, "kb_ingest_documents_total"), 3.0);
+    assert_eq!(metric(&s, "kb_ingest_chunks_total"), 3.0 * chunks);
 }

@@ -733,3 +733,71 @@ fn the_breaker_opens_then_half_opens_and_fallbacks_answer() {
     assert_eq!(ask(&s).last().unwrap().0, "error");
     assert_eq!(fake.chat_requests().len(), 1);
 }
+
+/// Two kb replicas (two processes, two data directories) on one Redis share the chat model's
+/// rate limit: with `llm.rpm = 3`, six concurrent questions across both reach the upstream
+/// three times in the window; the rest wait and are refused after the queue timeout.
+#[test]
+fn two_replicas_share_one_rate_limit_through_redis() {
+    let Ok(redis) = std::env::var("KB_TEST_REDIS_URL") else {
+        eprintln!("NOTICE: KB_TEST_REDIS_URL is not set: the shared rate-limit test did not run (scripts/test.sh starts a redis-server)");
+        return;
+    };
+    let (url, fake) = start_fake();
+    // A model name of its own: the shared buckets are keyed by upstream.
+    let model = format!("fake-chat-{}", uuid::Uuid::new_v4());
+    let mut env = remote_env(&url);
+    env.retain(|(k, _)| *k != "KB_LLM__MODEL");
+    env.extend([
+        ("KB_LLM__MODEL", model.clone()),
+        ("KB_LLM__RPM", "3".into()),
+        ("KB_LLM__QUEUE_TIMEOUT_SECS", "2".into()),
+        ("KB_CACHE__REDIS_URL", redis),
+    ]);
+    let (a, b) = (start(env.clone()), start(env));
+    for s in [&a, &b] {
+        upload_and_wait(s, "gov", "hall.md", DOC);
+    }
+    fake.script(vec![]);
+    let t = Instant::now();
+    let results: Vec<u16> = std::thread::scope(|scope| {
+        let hs: Vec<_> = (0..6)
+            .map(|i| {
+                let s = if i % 2 == 0 { &a } else { &b };
+                scope.spawn(move || {
+                    Server::client()
+                        .post(s.url("/v1/ask"))
+                        .json(&json!({"collection": "gov", "question": QUESTION, "stream": false, "cache": false}))
+                        .send()
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let chats = fake
+        .chat_requests()
+        .iter()
+        .filter(|r| r["model"] == model.as_str())
+        .count();
+    assert_eq!(
+        chats, 3,
+        "the upstream saw the shared limit, no more: {results:?}"
+    );
+    assert_eq!(
+        results.iter().filter(|s| **s == 200).count(),
+        3,
+        "{results:?}"
+    );
+    assert_eq!(
+        results.iter().filter(|s| **s == 429).count(),
+        3,
+        "{results:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    for s in [&a, &b] {
+        assert_eq!(metric(s, "kb_rate_limit_redis_fallbacks_total"), Some(0.0));
+    }
+}

@@ -36,6 +36,8 @@ pub struct Ingestor {
     pub embedding_cache: bool,
     /// Records remote embedding calls (usage and cost).
     pub usage: Option<Arc<crate::usage::UsageLog>>,
+    /// Ingestion throughput and the embedding cache are counted here (`/metrics`).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Collections written to, and when: the optimiser waits for quiet.
     dirty: Mutex<HashMap<String, Instant>>,
     /// Set at shutdown: a job interrupted by it stays `running`, to be resumed at the next start.
@@ -133,6 +135,7 @@ impl Ingestor {
             gen_counter: None,
             embedding_cache: true,
             usage: None,
+            metrics: None,
             dirty: Mutex::new(HashMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             activation: tokio::sync::Mutex::new(()),
@@ -352,10 +355,16 @@ impl Ingestor {
                 }
             }
             reused += (batch.len() - todo.len()) as i64;
+            if let Some(m) = &self.metrics {
+                m.embedding_cache(todo.len() as u64, (batch.len() - todo.len()) as u64);
+            }
             if !todo.is_empty() {
                 let texts: Vec<String> = todo.iter().map(|c| c.text.clone()).collect();
                 let t = Instant::now();
                 let result = self.embedder.embed(texts, Priority::Bulk).await;
+                if let Some(m) = &self.metrics {
+                    m.ingest_embedding(t.elapsed().as_secs_f64());
+                }
                 if let Some(u) = &self.usage {
                     let tokens: u64 = todo.iter().map(|c| c.token_count as u64).sum();
                     u.embed_call(&job.collection, &model, tokens, t.elapsed(), &result);
@@ -433,6 +442,9 @@ impl Ingestor {
         // Answers cached between the commit and the swap were computed on the old content.
         if let Err(e) = self.catalog.bump_index_version(&collection).await {
             tracing::warn!(error = %e, "index version not bumped after activation");
+        }
+        if let Some(m) = &self.metrics {
+            m.indexed(total as u64);
         }
         self.emit(job_id).await;
         if let Some(old) = retired {

@@ -7,8 +7,8 @@
 //! `Retry-After` honoured up to a cap). Every call is logged once (model, outcome, latency,
 //! retries, tokens; never prompt text) and counted in the metrics.
 //!
-//! Rate-limit buckets live behind [`BucketStore`]; [`LocalBuckets`] keeps them in memory. A
-//! shared store (Redis, for several kb replicas) plugs in there.
+//! Rate-limit buckets live behind [`BucketStore`]; [`LocalBuckets`] keeps them in memory,
+//! [`super::redis_buckets::RedisBuckets`] in Redis (shared by several kb replicas).
 
 use super::{ModelError, Priority, Result};
 use rand::Rng;
@@ -130,8 +130,8 @@ impl Default for Limits {
 // Rate-limit buckets
 
 /// Where token buckets live. Admission decisions are made under the upstream's lock, so the
-/// calls are synchronous and must be quick; a shared store (Redis) would lease capacity from the
-/// server in blocks and answer from the lease here.
+/// calls are synchronous and must be quick; a shared store (Redis) answers from a lease taken
+/// from the server in the background, and asks to be polled again meanwhile (`Err(wait)`).
 pub trait BucketStore: Send + Sync {
     /// Take one request and `tokens` tokens from `key`'s buckets, or say how long until they
     /// could be taken (nothing is taken then).
@@ -145,6 +145,11 @@ pub trait BucketStore: Send + Sync {
     ) -> std::result::Result<(), Duration>;
     /// Correct an earlier take: `requests` and `tokens` are given back (negative: taken).
     fn give_back(&self, key: &str, rpm: u32, tpm: u32, requests: i64, tokens: i64, now: Instant);
+    /// A shared store: how many times it fell back to local buckets because the server could
+    /// not be reached (`None`: not a shared store).
+    fn fallbacks(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A token bucket holding up to `per_minute`, refilled continuously. A take larger than the
@@ -207,6 +212,35 @@ impl LocalBuckets {
         t.refill(tpm, now);
         f(r, t)
     }
+
+    /// Take `requests` requests and `tokens` tokens, both or neither.
+    pub(crate) fn take(
+        &self,
+        key: &str,
+        (rpm, tpm): (u32, u32),
+        requests: u64,
+        tokens: u64,
+        now: Instant,
+    ) -> std::result::Result<(), Duration> {
+        if rpm == 0 && tpm == 0 {
+            return Ok(());
+        }
+        self.with(key, rpm, tpm, now, |r, t| {
+            let mut wait = Duration::ZERO;
+            if rpm > 0 && requests > 0 {
+                wait = wait.max(r.wait_for(rpm, requests as f64));
+            }
+            if tpm > 0 && tokens > 0 {
+                wait = wait.max(t.wait_for(tpm, tokens as f64));
+            }
+            if !wait.is_zero() {
+                return Err(wait);
+            }
+            r.level -= requests as f64;
+            t.level -= tokens as f64;
+            Ok(())
+        })
+    }
 }
 
 impl BucketStore for LocalBuckets {
@@ -218,24 +252,7 @@ impl BucketStore for LocalBuckets {
         tokens: u64,
         now: Instant,
     ) -> std::result::Result<(), Duration> {
-        if rpm == 0 && tpm == 0 {
-            return Ok(());
-        }
-        self.with(key, rpm, tpm, now, |r, t| {
-            let mut wait = Duration::ZERO;
-            if rpm > 0 {
-                wait = wait.max(r.wait_for(rpm, 1.0));
-            }
-            if tpm > 0 {
-                wait = wait.max(t.wait_for(tpm, tokens as f64));
-            }
-            if !wait.is_zero() {
-                return Err(wait);
-            }
-            r.level -= 1.0;
-            t.level -= tokens as f64;
-            Ok(())
-        })
+        self.take(key, (rpm, tpm), 1, tokens, now)
     }
 
     fn give_back(&self, key: &str, rpm: u32, tpm: u32, requests: i64, tokens: i64, now: Instant) {
@@ -1031,6 +1048,16 @@ impl Governor {
                 }
             },
         );
+        if let Some(n) = self.buckets.fallbacks() {
+            section(
+                "kb_rate_limit_redis_fallbacks_total",
+                "counter",
+                "Rate-limit decisions made by the local buckets because Redis could not be reached.",
+                &|o| {
+                    let _ = writeln!(o, "kb_rate_limit_redis_fallbacks_total {n}");
+                },
+            );
+        }
         out
     }
 }

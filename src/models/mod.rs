@@ -4,6 +4,7 @@
 pub mod governor;
 pub mod local_embed;
 pub mod openai;
+pub mod redis_buckets;
 
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};

@@ -158,6 +158,8 @@ pub struct QueryEngine {
     pub keep_turns: usize,
     /// Counts prompt tokens (the chat model's tokenizer when known).
     pub gen_counter: Arc<dyn TokenCounter + Send + Sync>,
+    /// Answer cache hits and misses are counted here (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -786,9 +788,11 @@ impl QueryEngine {
         let mut hit = None;
         if let Some(cache) = self.cache.as_ref().filter(|_| p.use_cache) {
             hit = cache.lookup(&key, &scope, None).await;
+            self.metrics.answer_cache("exact", hit.is_some());
             if hit.is_none() && cache.semantic_enabled() && s.mode != SearchMode::Sparse {
                 let v = self.embed_question(&s.collection, &standalone).await?;
                 hit = cache.lookup(&key, &scope, Some(&v)).await;
+                self.metrics.answer_cache("semantic", hit.is_some());
                 vector = Some(v);
             }
         }
