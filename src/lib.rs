@@ -315,6 +315,7 @@ impl Core {
             temperature: config.llm.temperature,
             guard: config.llm.guard.clone(),
             guard_min_support: config.llm.guard_min_support,
+            log_content: config.log.content,
             cache,
             usage,
             rewrite_chat,

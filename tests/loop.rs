@@ -306,3 +306,44 @@ fn job_events_stream_progress_until_done() {
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].1["status"], "done");
 }
+
+/// Logs carry no question or answer text unless `log.content` is switched on.
+#[test]
+fn logs_carry_user_text_only_when_content_logging_is_on() {
+    const Q: &str = "Which quay does the ferry named Wren Halloway leave from?";
+    for content in [false, true] {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let flag = content.to_string();
+        let mut s = Server::start_logging_to(
+            &[
+                ("KB_LOG__CONTENT", flag.as_str()),
+                ("KB_LOG", "info"),
+                ("KB_LOG__FORMAT", "json"),
+            ],
+            log.path(),
+        );
+        let (st, up) = s.upload(
+            "logs",
+            &[(
+                "ferry.md",
+                b"# Ferries\n\nThe ferry Wren Halloway leaves from the north quay.\n".to_vec(),
+            )],
+        );
+        assert_eq!(st, 202, "{up}");
+        s.wait_job(up["documents"][0]["job_id"].as_str().unwrap());
+        let (st, v) = s.post_json(
+            "/v1/ask",
+            &json!({"collection": "logs", "question": Q, "stream": false}),
+        );
+        assert_eq!(st, 200, "{v}");
+        assert!(v["answer"].as_str().unwrap().contains("north quay"), "{v}");
+        s.stop();
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        assert!(text.contains("\"request\""), "the log was written: {text}");
+        assert_eq!(
+            text.contains("Wren Halloway"),
+            content,
+            "content logging {content}: {text}"
+        );
+    }
+}

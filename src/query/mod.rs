@@ -147,6 +147,8 @@ pub struct QueryEngine {
     /// The grounding guard for generated answers (`llm.guard`) and its threshold.
     pub guard: String,
     pub guard_min_support: f64,
+    /// `log.content`: log questions and answers (off by default: logs carry no user text).
+    pub log_content: bool,
     /// The answer cache (exact, and semantic when switched on); None when switched off.
     pub cache: Option<Arc<AnswerCache>>,
     pub usage: Arc<UsageLog>,
@@ -1082,6 +1084,10 @@ impl QueryEngine {
                 cache.put(&prep.key, &prep.scope, prep.vector.clone(), &entry).await;
             }
             this.usage.record(&calls).await;
+            if this.log_content {
+                tracing::info!(request_id = %p.request_id, question = %p.search.query,
+                    standalone = %prep.standalone, answer = %answer, declined, "answer content");
+            }
             let turn = this.save_turn(&p, &prep.standalone, &answer, &citations, &sources).await;
             let _ = &prep.info;
             yield AskEvent::Done(Box::new(Done {
