@@ -66,21 +66,10 @@ fn start_fake() -> (String, Arc<Fake>) {
     let fake = Arc::new(Fake::default());
     *fake.rewrite.lock().unwrap() =
         "What is the maximum compression level of gzip.GzipFile?".into();
-    let f2 = fake.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let app = axum::Router::new()
-                .route("/v1/chat/completions", post(completions))
-                .with_state(f2);
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(l.local_addr().unwrap()).unwrap();
-            axum::serve(l, app).await.unwrap();
-        });
-    });
-    let addr = rx.recv().unwrap();
-    (format!("http://{addr}/v1"), fake)
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", post(completions))
+        .with_state(fake.clone());
+    (serve_upstream(app), fake)
 }
 
 fn ask(s: &Server, body: Value) -> (Value, Value, Value) {

@@ -250,22 +250,11 @@ async fn embeddings(State(fake): State<Arc<Fake>>, body: axum::Json<Value>) -> R
 
 fn start_fake() -> (String, Arc<Fake>) {
     let fake = Arc::new(Fake::default());
-    let f2 = fake.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let app = axum::Router::new()
-                .route("/v1/chat/completions", post(completions))
-                .route("/v1/embeddings", post(embeddings))
-                .with_state(f2);
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(l.local_addr().unwrap()).unwrap();
-            axum::serve(l, app).await.unwrap();
-        });
-    });
-    let addr = rx.recv().unwrap();
-    (format!("http://{addr}/v1"), fake)
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .with_state(fake.clone());
+    (serve_upstream(app), fake)
 }
 
 const DOC: &[u8] = b"# Hall\n\nTwelve lanterns hang in the east hall.\n";

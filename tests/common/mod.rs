@@ -354,3 +354,18 @@ pub fn loose(s: &str) -> String {
     }
     out
 }
+
+/// Serve `app` on a loopback port, on its own thread and runtime: the scripted upstreams (fault
+/// injectors) that the model-call tests point kb at. Returns the base URL, `http://ADDR/v1`.
+pub fn serve_upstream(app: axum::Router) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+    format!("http://{}/v1", rx.recv().unwrap())
+}
