@@ -242,14 +242,7 @@ impl Bert {
             // Output projection, residual, LayerNorm.
             linear(&ctx, total, h, &l.wo, &l.bo, h, &mut tmp, par);
             lap(0, &mut tm);
-            x.par_chunks_mut(h)
-                .zip(tmp.par_chunks(h))
-                .for_each(|(xr, tr)| {
-                    for j in 0..h {
-                        xr[j] += tr[j];
-                    }
-                    layer_norm(xr, &l.ln1_g, &l.ln1_b, eps);
-                });
+            add_and_norm(&mut x, &tmp, h, &l.ln1_g, &l.ln1_b, eps);
             lap(2, &mut tm);
             // Feed-forward.
             linear(&x, total, h, &l.w1, &l.b1, inter, &mut mid, par);
@@ -258,14 +251,7 @@ impl Bert {
             lap(3, &mut tm);
             linear(&mid, total, inter, &l.w2, &l.b2, h, &mut tmp, par);
             lap(0, &mut tm);
-            x.par_chunks_mut(h)
-                .zip(tmp.par_chunks(h))
-                .for_each(|(xr, tr)| {
-                    for j in 0..h {
-                        xr[j] += tr[j];
-                    }
-                    layer_norm(xr, &l.ln2_g, &l.ln2_b, eps);
-                });
+            add_and_norm(&mut x, &tmp, h, &l.ln2_g, &l.ln2_b, eps);
             lap(2, &mut tm);
         }
 
@@ -299,6 +285,18 @@ impl Bert {
             })
             .collect()
     }
+}
+
+/// The residual connection and LayerNorm, row by row: `x = LN(x + y)`.
+fn add_and_norm(x: &mut [f32], y: &[f32], h: usize, g: &[f32], b: &[f32], eps: f32) {
+    x.par_chunks_mut(h)
+        .zip(y.par_chunks(h))
+        .for_each(|(xr, yr)| {
+            for (a, c) in xr.iter_mut().zip(yr) {
+                *a += c;
+            }
+            layer_norm(xr, g, b, eps);
+        });
 }
 
 /// `out[rows, n] = x[rows, k] · wᵀ + b`, with `w` as [n, k] (PyTorch's Linear layout).
