@@ -430,6 +430,18 @@ impl QueryEngine {
         self.decorate(hits).await
     }
 
+    /// The extractive answer to `search.query` from `sources`, with its grounding (including
+    /// the question's names the collection never mentions).
+    async fn extractive_answer(
+        &self,
+        search: &SearchParams,
+        sources: &[Source],
+    ) -> (String, extractive::Grounding) {
+        let missing = extractive::missing_words(&search.query, sources);
+        let unknown = self.unknown_words(search, &missing).await;
+        extractive::answer_with_grounding(&search.query, sources, missing, unknown)
+    }
+
     /// Of `words`, the names that occur nowhere in the visible part of the collection (one BM25
     /// lookup each; a word BM25 ignores, such as a stopword, is not unknown). A common word
     /// missing from a small collection says nothing, so only names count: written as one in
@@ -526,6 +538,55 @@ impl QueryEngine {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// A side task (`rewrite`, `summarize`) on its routed model: records the routing and the
+    /// call's usage, and returns the model's text, or `None` when the call failed (logged; the
+    /// caller falls back to its rule).
+    #[allow(clippy::too_many_arguments)]
+    async fn side_task(
+        &self,
+        p: &AskParams,
+        task: &str,
+        chat: &Arc<dyn ChatModel>,
+        messages: Vec<crate::models::Message>,
+        max_tokens: usize,
+        routing: &mut BTreeMap<String, String>,
+        calls: &mut Vec<UsageRecord>,
+    ) -> Option<String> {
+        let model = chat.model_id();
+        routing.insert(task.into(), model.clone());
+        match self.complete(chat, messages, max_tokens).await {
+            Ok(c) => {
+                calls.push(self.record(
+                    p,
+                    task,
+                    &model,
+                    &c.usage,
+                    Some(c.latency_ms),
+                    c.first_token_ms,
+                    false,
+                    "ok",
+                ));
+                Some(c.text)
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %p.request_id, task, error = %e,
+                    "side task failed; falling back to its rule");
+                calls.push(self.record(
+                    p,
+                    task,
+                    &model,
+                    &Usage::default(),
+                    None,
+                    None,
+                    false,
+                    e.code(),
+                ));
+                None
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn record(
         &self,
         p: &AskParams,
@@ -605,39 +666,11 @@ impl QueryEngine {
                     .map(|t| (t.question.clone(), t.answer.clone()))
                     .collect();
                 let msgs = prompt::summarize_messages(summary.as_deref(), &pairs);
-                let model = chat.model_id();
-                routing.insert("summarize".into(), model.clone());
-                match self.complete(chat, msgs, max).await {
-                    Ok(c) => {
-                        calls.push(self.record(
-                            p,
-                            "summarize",
-                            &model,
-                            &c.usage,
-                            Some(c.latency_ms),
-                            c.first_token_ms,
-                            false,
-                            "ok",
-                        ));
-                        let text = c.text.trim().to_string();
-                        if !text.is_empty() {
-                            new = Some(text);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(request_id = %p.request_id, error = %e, "summarize failed; summarising extractively");
-                        calls.push(self.record(
-                            p,
-                            "summarize",
-                            &model,
-                            &Usage::default(),
-                            None,
-                            None,
-                            false,
-                            e.code(),
-                        ));
-                    }
-                }
+                new = self
+                    .side_task(p, "summarize", chat, msgs, max, routing, calls)
+                    .await
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty());
             }
             let new = new.unwrap_or_else(|| {
                 conversation::extractive_summary(summary.as_deref(), &fold, max, &*self.gen_counter)
@@ -690,44 +723,15 @@ impl QueryEngine {
             if let Some(prev) = turns.last() {
                 if conversation::refers_back(&question) {
                     if let Some(chat) = &self.rewrite_chat {
-                        let model = chat.model_id();
-                        routing.insert("rewrite".into(), model.clone());
                         let msgs = prompt::rewrite_messages(&question, &history);
-                        match self.complete(chat, msgs, 128).await {
-                            Ok(c) => {
-                                calls.push(self.record(
-                                    p,
-                                    "rewrite",
-                                    &model,
-                                    &c.usage,
-                                    Some(c.latency_ms),
-                                    c.first_token_ms,
-                                    false,
-                                    "ok",
-                                ));
-                                let text = c
-                                    .text
-                                    .trim()
-                                    .trim_matches(|c| c == '"' || c == '\'')
-                                    .trim()
-                                    .to_string();
-                                if !text.is_empty() && text.len() <= 2000 {
-                                    standalone = text;
-                                    rewrite_method = Some("llm");
-                                }
-                            }
-                            Err(e) => {
-                                tracing::warn!(request_id = %p.request_id, error = %e, "rewrite failed; rewriting by rule");
-                                calls.push(self.record(
-                                    p,
-                                    "rewrite",
-                                    &model,
-                                    &Usage::default(),
-                                    None,
-                                    None,
-                                    false,
-                                    e.code(),
-                                ));
+                        if let Some(t) = self
+                            .side_task(p, "rewrite", chat, msgs, 128, routing, calls)
+                            .await
+                        {
+                            let text = t.trim().trim_matches(|c| c == '"' || c == '\'').trim();
+                            if !text.is_empty() && text.len() <= 2000 {
+                                standalone = text.to_string();
+                                rewrite_method = Some("llm");
                             }
                         }
                     }
@@ -958,14 +962,7 @@ impl QueryEngine {
             match &this.chat {
                 None => {
                     answerer = "extractive".to_string();
-                    let missing = extractive::missing_words(&search.query, &sources);
-                    let unknown = this.unknown_words(&search, &missing).await;
-                    let (text, g) = extractive::answer_with_grounding(
-                        &search.query,
-                        &sources,
-                        missing,
-                        unknown,
-                    );
+                    let (text, g) = this.extractive_answer(&search, &sources).await;
                     grounding = Some(g);
                     for piece in extractive::pieces(&text) {
                         if first_token.is_none() {
@@ -1046,10 +1043,7 @@ impl QueryEngine {
                                     report.action = "declined".into();
                                 }
                                 _ => {
-                                    let missing = extractive::missing_words(&search.query, &sources);
-                                    let unknown = this.unknown_words(&search, &missing).await;
-                                    let (text, g) = extractive::answer_with_grounding(
-                                        &search.query, &sources, missing, unknown);
+                                    let (text, g) = this.extractive_answer(&search, &sources).await;
                                     grounding = Some(g);
                                     report.original_answer =
                                         Some(std::mem::replace(&mut answer, text));
