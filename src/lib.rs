@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod models;
 pub mod query;
+pub mod redis_client;
 pub mod store;
 pub mod usage;
 

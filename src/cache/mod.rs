@@ -197,18 +197,9 @@ impl AnswerCache {
         semantic: bool,
         max_distance: f32,
     ) -> anyhow::Result<AnswerCache> {
-        let client = redis::Client::open(url)?;
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(5))
-            .set_response_timeout(Duration::from_secs(2))
-            .set_number_of_retries(2);
-        let mut conn = tokio::time::timeout(
-            Duration::from_secs(10),
-            redis::aio::ConnectionManager::new_with_config(client, cfg),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("timed out connecting to Redis"))??;
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        let conn =
+            crate::redis_client::connect(url, Duration::from_secs(5), Duration::from_secs(2), 2)
+                .await?;
         Ok(AnswerCache {
             backend: Backend::Redis(conn),
             ttl,

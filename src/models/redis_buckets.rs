@@ -135,18 +135,7 @@ pub struct RedisBuckets {
 impl RedisBuckets {
     /// Connects now: an unreachable Redis is an error here (start-up), a fallback later.
     pub async fn connect(url: &str) -> anyhow::Result<RedisBuckets> {
-        let client = redis::Client::open(url)?;
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(OP_TIMEOUT)
-            .set_number_of_retries(1);
-        let mut conn = tokio::time::timeout(
-            Duration::from_secs(10),
-            redis::aio::ConnectionManager::new_with_config(client, cfg),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("timed out connecting to Redis"))??;
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        let conn = crate::redis_client::connect(url, Duration::from_secs(2), OP_TIMEOUT, 1).await?;
         Ok(RedisBuckets {
             inner: Arc::new(Inner {
                 conn,
