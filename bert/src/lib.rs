@@ -67,6 +67,8 @@ pub struct Bert {
     layers: Vec<Layer>,
     pool: rayon::ThreadPool,
     threads: usize,
+    /// `KB_BERT_PROFILE` was set at load: print per-stage times of each forward pass.
+    profile: bool,
 }
 
 fn tensor(st: &SafeTensors, prefix: &str, name: &str, len: usize) -> anyhow::Result<Vec<f32>> {
@@ -158,6 +160,7 @@ impl Bert {
             d,
             pool,
             threads,
+            profile: std::env::var_os("KB_BERT_PROFILE").is_some(),
         })
     }
 
@@ -223,7 +226,7 @@ impl Bert {
         let mut ctx = vec![0f32; total * h];
         let mut tmp = vec![0f32; total * h];
         let mut mid = vec![0f32; total * inter];
-        let prof = std::env::var("KB_BERT_PROFILE").is_ok();
+        let prof = self.profile;
         let mut tm = [0f64; 6];
         let mut clock = std::time::Instant::now();
         let mut lap = |i: usize, tm: &mut [f64; 6]| {
