@@ -114,8 +114,11 @@ impl Default for EmbeddingConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LlmConfig {
-    /// `extractive` (no model: quotes the best sentences) or `openai` (any OpenAI-compatible API).
+    /// `extractive` (no model: quotes the best sentences), `local` (a GGUF instruct model run
+    /// in-process by llama.cpp) or `openai` (any OpenAI-compatible API).
     pub provider: String,
+    /// For `openai`, the model name. For `local`, a `.gguf` file, or a directory (absolute or
+    /// under `models_dir`) holding one; default `SmolLM2-135M-Instruct`.
     pub model: Option<String>,
     pub base_url: Option<String>,
     pub api_key: Option<String>,
@@ -124,6 +127,15 @@ pub struct LlmConfig {
     /// Tokens reserved for the answer.
     pub max_answer_tokens: usize,
     pub temperature: f32,
+    /// Threads of the local generator (`provider = "local"`), apart from the embedder's: for
+    /// generating tokens (memory-bound; one thread keeps its speed when another process takes
+    /// a core, two collapse) and for reading the prompt (compute-bound).
+    pub threads: usize,
+    pub prefill_threads: usize,
+    /// The local model's context (its KV cache) in tokens, prompt plus answer; it caps
+    /// `context_window`. Reading the prompt dominates the wait for the first token, and a
+    /// 135M model does not use 8k tokens of sources well.
+    pub local_context_tokens: usize,
     /// What to do with a generated answer that has a sentence its cited sources do not
     /// support: `fallback` (replace it with the extractive answer), `decline`, `flag` (keep it,
     /// report it in `done.guard`) or `off`.
@@ -198,6 +210,9 @@ impl Default for LlmConfig {
             context_window: 8192,
             max_answer_tokens: 768,
             temperature: 0.1,
+            threads: 1,
+            prefill_threads: 2,
+            local_context_tokens: 2560,
             guard: "fallback".into(),
             guard_min_support: 0.6,
             connect_timeout_secs: 5.0,
@@ -457,8 +472,8 @@ impl Config {
             p => anyhow::bail!("embedding.provider must be `local` or `openai`, not `{p}`"),
         }
         match self.llm.provider.as_str() {
-            "extractive" | "openai" => {}
-            p => anyhow::bail!("llm.provider must be `extractive` or `openai`, not `{p}`"),
+            "extractive" | "local" | "openai" => {}
+            p => anyhow::bail!("llm.provider must be `extractive`, `local` or `openai`, not `{p}`"),
         }
         if self.llm.provider == "openai" && self.llm.model.is_none() {
             anyhow::bail!("llm.model is required when llm.provider is `openai`");
@@ -547,6 +562,19 @@ impl Config {
             if !(p.prompt_per_1k >= 0.0 && p.completion_per_1k >= 0.0) {
                 anyhow::bail!("llm.prices.\"{model}\": prices must be >= 0");
             }
+        }
+        if !(1..=256).contains(&self.llm.threads) || !(1..=256).contains(&self.llm.prefill_threads)
+        {
+            anyhow::bail!("llm.threads and llm.prefill_threads must be between 1 and 256");
+        }
+        if self.llm.provider == "local"
+            && self.llm.local_context_tokens < self.llm.max_answer_tokens + 512
+        {
+            anyhow::bail!(
+                "llm.local_context_tokens ({}) must leave at least 512 tokens beside llm.max_answer_tokens ({})",
+                self.llm.local_context_tokens,
+                self.llm.max_answer_tokens
+            );
         }
         let r = &self.llm.routes;
         if self.llm.provider != "openai" && (r.rewrite.is_some() || r.summarize.is_some()) {

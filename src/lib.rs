@@ -147,6 +147,28 @@ fn build_chat(cfg: &Config, governor: &models::governor::Governor) -> anyhow::Re
     let l = &cfg.llm;
     match l.provider.as_str() {
         "extractive" => Ok((None, None, None)),
+        "local" => {
+            let name = l
+                .model
+                .clone()
+                .unwrap_or_else(|| models::local_chat::DEFAULT_LOCAL_MODEL.into());
+            let path = models::local_chat::resolve_model_path(&cfg.models_dir, &name)?;
+            let chat = models::local_chat::LocalChat::load(
+                &path,
+                models::local_chat::LocalChatOptions {
+                    threads: l.threads,
+                    prefill_threads: l.prefill_threads,
+                    context_tokens: l.local_context_tokens.min(l.context_window),
+                    queue_size: l.queue_size,
+                    flash_attention: Some(false),
+                },
+            )
+            .with_context(|| format!("loading the local model {}", path.display()))?;
+            tracing::info!(model = %chat.model_path().display(), context_tokens = chat.context_tokens(),
+                threads = l.threads, prefill_threads = l.prefill_threads, "local generator loaded");
+            let chat: Arc<dyn ChatModel> = Arc::new(chat);
+            Ok((Some(chat.clone()), Some(chat.clone()), Some(chat)))
+        }
         "openai" => {
             let base = l
                 .base_url
@@ -207,6 +229,13 @@ impl Core {
         ));
         let embedder = build_embedder(&config, &governor)?;
         let (chat, rewrite_chat, summarize_chat) = build_chat(&config, &governor)?;
+        // A local model's context is what kb allocated for it, which may be less than asked.
+        let context_window = chat
+            .as_ref()
+            .and_then(|c| c.context_window())
+            .map_or(config.llm.context_window, |w| {
+                w.min(config.llm.context_window)
+            });
         let visibility = Arc::new(Visibility::default());
 
         // Open the shards of existing collections now: a mismatch or a lock is a start-up error.
@@ -311,7 +340,7 @@ impl Core {
                 dense_weight: config.retrieval.dense_weight,
                 sparse_weight: config.retrieval.sparse_weight,
             },
-            context_window: config.llm.context_window,
+            context_window,
             max_answer_tokens: config.llm.max_answer_tokens,
             temperature: config.llm.temperature,
             guard: config.llm.guard.clone(),

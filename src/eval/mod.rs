@@ -43,6 +43,28 @@ pub struct Answer {
     pub error: Option<String>,
     /// The answerer's evidence (coverage, missing terms, why it declined), when it gives one.
     pub grounding: Option<Value>,
+    /// What the grounding guard did with a generated answer (`passed`, `fallback_extractive`...).
+    pub guard_action: Option<String>,
+    /// Sentences of the delivered answer judged, and those without support in the sources
+    /// they cite (the guard's lexical test at `SUPPORT_THRESHOLD`, whatever the answerer).
+    pub sentences_checked: usize,
+    pub unsupported: Vec<String>,
+}
+
+/// The share of a sentence's content words its cited sources must hold for the evaluation to
+/// count it as supported (kb's default `llm.guard_min_support`).
+pub const SUPPORT_THRESHOLD: f64 = 0.6;
+
+impl Answer {
+    fn judge_support(&mut self, sources: &[crate::query::Source]) {
+        if self.declined || self.answer.is_empty() {
+            return;
+        }
+        let (checked, unsupported) =
+            crate::query::guard::check(&self.answer, sources, SUPPORT_THRESHOLD);
+        self.sentences_checked = checked;
+        self.unsupported = unsupported;
+    }
 }
 
 /// Where questions go: this process (the data directory opened in place) or a kb server.
@@ -119,8 +141,10 @@ impl Target for LocalTarget {
             use_cache: false,
         });
         let mut out = Answer::default();
+        let mut sources = Vec::new();
         while let Some(ev) = events.next().await {
             match ev {
+                AskEvent::Sources(s) => sources = s,
                 AskEvent::Token(_) if out.first_token_ms.is_none() => {
                     out.first_token_ms = Some(started.elapsed().as_secs_f64() * 1e3);
                 }
@@ -136,6 +160,7 @@ impl Target for LocalTarget {
                         .grounding
                         .as_ref()
                         .and_then(|g| serde_json::to_value(g).ok());
+                    out.guard_action = d.guard.as_ref().map(|g| g.action.clone());
                 }
                 AskEvent::Error { code, message } => {
                     out.error = Some(format!("{code}: {message}"));
@@ -144,6 +169,7 @@ impl Target for LocalTarget {
             }
         }
         out.total_ms = started.elapsed().as_secs_f64() * 1e3;
+        out.judge_support(&sources);
         Ok(out)
     }
 }
@@ -246,7 +272,9 @@ impl Target for RemoteTarget {
                 })
             }
         };
-        Ok(Answer {
+        let sources: Vec<crate::query::Source> =
+            serde_json::from_value(v["sources"].clone()).unwrap_or_default();
+        let mut a = Answer {
             answer: v["answer"].as_str().unwrap_or("").into(),
             declined: v["declined"].as_bool().unwrap_or(false),
             answerer: v["answerer"].as_str().unwrap_or("").into(),
@@ -265,7 +293,11 @@ impl Target for RemoteTarget {
             total_ms,
             error: None,
             grounding: v.get("grounding").cloned(),
-        })
+            guard_action: v["guard"]["action"].as_str().map(String::from),
+            ..Default::default()
+        };
+        a.judge_support(&sources);
+        Ok(a)
     }
 }
 
@@ -345,6 +377,15 @@ pub struct AnswerSummary {
     pub completion_tokens: u64,
     pub cost_usd: f64,
     pub errors: usize,
+    /// Of the delivered answers' judged sentences, the share without support in the sources
+    /// they cite; and the share of answers (not declines) with at least one such sentence.
+    #[serde(default)]
+    pub unsupported_sentences: f64,
+    #[serde(default)]
+    pub answers_with_unsupported: f64,
+    /// How often the guard replaced a generated answer (fallback or decline).
+    #[serde(default)]
+    pub guard_replaced: f64,
 }
 
 /// One stored run: what was measured, on what, with what.
@@ -362,6 +403,14 @@ pub struct RunRecord {
     pub modes: BTreeMap<String, ModeSummary>,
     pub answers: Option<AnswerSummary>,
     pub out_dir: String,
+}
+
+fn share(part: usize, whole: usize) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -461,6 +510,11 @@ pub async fn run(
                 if let Some(g) = &a.grounding {
                     row["grounding"] = g.clone();
                 }
+                if let Some(g) = &a.guard_action {
+                    row["guard"] = json!(g);
+                }
+                row["sentences_checked"] = json!(a.sentences_checked);
+                row["unsupported"] = json!(a.unsupported);
                 if let Some(e) = &a.error {
                     row["error"] = json!(e);
                 }
@@ -498,6 +552,27 @@ pub async fn run(
             completion_tokens: a.iter().map(|x| x.completion_tokens).sum(),
             cost_usd: a.iter().map(|x| x.cost_usd).sum(),
             errors: a.iter().filter(|x| x.error.is_some()).count(),
+            unsupported_sentences: share(
+                a.iter().map(|x| x.unsupported.len()).sum(),
+                a.iter().map(|x| x.sentences_checked).sum(),
+            ),
+            answers_with_unsupported: share(
+                a.iter().filter(|x| !x.unsupported.is_empty()).count(),
+                a.iter()
+                    .filter(|x| !x.declined && x.error.is_none())
+                    .count(),
+            ),
+            guard_replaced: share(
+                a.iter()
+                    .filter(|x| {
+                        matches!(
+                            x.guard_action.as_deref(),
+                            Some("fallback_extractive" | "declined")
+                        )
+                    })
+                    .count(),
+                a.len(),
+            ),
         })
     } else {
         None

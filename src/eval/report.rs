@@ -71,6 +71,11 @@ fn metrics_of(r: &RunRecord) -> Vec<(String, f64, bool)> {
             true,
         ));
         out.push(("false declines (answerable)".into(), a.false_decline, false));
+        out.push((
+            "unsupported answer sentences".into(),
+            a.unsupported_sentences,
+            false,
+        ));
     }
     out
 }
@@ -182,6 +187,21 @@ pub fn markdown(run: &RunRecord, prev: Option<&RunRecord>, deltas: &[Delta]) -> 
             s,
             "| false declines (answerable) | {} |",
             f3(a.false_decline)
+        );
+        let _ = writeln!(
+            s,
+            "| unsupported sentences (no support in cited sources) | {} |",
+            f3(a.unsupported_sentences)
+        );
+        let _ = writeln!(
+            s,
+            "| answers with an unsupported sentence | {} |",
+            f3(a.answers_with_unsupported)
+        );
+        let _ = writeln!(
+            s,
+            "| generated answers replaced by the guard | {} |",
+            f3(a.guard_replaced)
         );
         let _ = writeln!(
             s,

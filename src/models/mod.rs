@@ -2,6 +2,7 @@
 //! or prompts.
 
 pub mod governor;
+pub mod local_chat;
 pub mod local_embed;
 pub mod openai;
 pub mod redis_buckets;
@@ -206,6 +207,10 @@ pub enum ChatDelta {
 #[async_trait::async_trait]
 pub trait ChatModel: Send + Sync {
     fn model_id(&self) -> String;
+    /// Tokens (prompt plus answer) the model can take, when kb runs it and knows.
+    fn context_window(&self) -> Option<usize> {
+        None
+    }
     /// Stream the answer. Errors before the first item are returned here; later ones arrive in
     /// the stream and end it.
     async fn stream(&self, req: ChatRequest) -> Result<BoxStream<'static, Result<ChatDelta>>>;
