@@ -8,7 +8,7 @@ start=$(date +%s)
 step() { echo "== $* ($(( $(date +%s) - start )) s)"; }
 
 step "model files"
-bash scripts/fetch-models.sh "$KB_MODELS_DIR"
+bash scripts/fetch-models.sh --llm "$KB_MODELS_DIR"
 export KB_TEST_MODELS_DIR="$KB_MODELS_DIR"
 
 step "test documents"
@@ -19,6 +19,7 @@ step "format"
 cargo fmt --all -- --check
 
 step "build"
+bash scripts/build-deps.sh
 cargo build --workspace --tests --bins
 
 step "redis-server (for the Redis answer cache tests)"

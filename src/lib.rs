@@ -147,6 +147,11 @@ fn build_chat(cfg: &Config, governor: &models::governor::Governor) -> anyhow::Re
     let l = &cfg.llm;
     match l.provider.as_str() {
         "extractive" => Ok((None, None, None)),
+        #[cfg(not(feature = "local-llm"))]
+        "local" => anyhow::bail!(
+            "llm.provider = \"local\" needs kb built with the `local-llm` feature (the default)"
+        ),
+        #[cfg(feature = "local-llm")]
         "local" => {
             let name = l
                 .model

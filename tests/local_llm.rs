@@ -1,6 +1,7 @@
 //! The local generator: a real SmolLM2-135M-Instruct (GGUF) run in-process by llama.cpp,
 //! through `kb serve` and through `LocalChat` directly. Needs the model from
 //! `scripts/fetch-models.sh --llm` (scripts/test.sh fetches it).
+#![cfg(feature = "local-llm")]
 
 mod common;
 use common::*;
@@ -118,6 +119,26 @@ fn a_prompt_longer_than_the_context_is_a_clear_error_and_the_model_keeps_working
     assert!(matches!(err, ModelError::ContextLength(_)), "{err:?}");
     assert_eq!(err.code(), "context_length_exceeded");
     assert!(err.to_string().contains("1024"), "names the limit: {err}");
+    // A prompt that leaves less room than asked for, but enough, is answered within the room.
+    let medium = "The quick brown fox jumps over the lazy dog. ".repeat(70);
+    let prompt = chat
+        .tokenize_chat(&request(&medium, 8).messages)
+        .unwrap()
+        .len();
+    assert!(prompt > 600 && prompt + 128 < 1024, "{prompt}");
+    let (_, usage) = rt
+        .block_on(collect(
+            &chat,
+            request(
+                &format!("{medium}\nRepeat the sentence above many times."),
+                1000,
+            ),
+        ))
+        .unwrap();
+    assert!(
+        usage.completion_tokens as usize + usage.prompt_tokens as usize <= 1024,
+        "{usage:?}"
+    );
     let (pieces, _) = rt
         .block_on(collect(&chat, request("Say hello.", 8)))
         .unwrap();

@@ -26,6 +26,9 @@ use tokio::sync::mpsc;
 /// The model kb fetches for `llm.provider = "local"` when `llm.model` names none.
 pub const DEFAULT_LOCAL_MODEL: &str = "SmolLM2-135M-Instruct";
 
+/// Fewest answer tokens a prompt must leave room for.
+const MIN_ANSWER_TOKENS: usize = 128;
+
 /// Tokens decoded per `decode` call while reading the prompt.
 const PREFILL_BATCH: usize = 512;
 
@@ -356,13 +359,17 @@ impl Worker<'_> {
         let model = &self.loaded.model;
         let tokens = self.loaded.prompt_tokens(&job.req.messages)?;
         let vocab = model.vocab();
-        let max_new = job.req.max_tokens.max(1);
+        // kb sizes the sources with the embedder's tokenizer, not this model's: when the prompt
+        // comes out longer, the answer gets what is left, down to MIN_ANSWER_TOKENS.
+        let room = self.n_ctx.saturating_sub(tokens.len());
+        let max_new = job.req.max_tokens.max(1).min(room);
         if tokens.is_empty() {
             return Err(ModelError::Inference("empty prompt".into()));
         }
-        if tokens.len() + max_new > self.n_ctx {
+        if max_new < job.req.max_tokens.clamp(1, MIN_ANSWER_TOKENS) {
             return Err(ModelError::ContextLength(format!(
-                "{} prompt tokens + {max_new} answer tokens > {} (llm.context_window, or the model's own limit)",
+                "{} prompt tokens leave {room} of the model's {} for the answer \
+                 (llm.local_context_tokens, or the model's own limit)",
                 tokens.len(),
                 self.n_ctx
             )));

@@ -2,6 +2,7 @@
 //! or prompts.
 
 pub mod governor;
+#[cfg(feature = "local-llm")]
 pub mod local_chat;
 pub mod local_embed;
 pub mod openai;
