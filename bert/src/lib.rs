@@ -12,7 +12,12 @@
 //! - work runs on a dedicated rayon pool of a fixed size, so inference has its own thread
 //!   budget and does not compete with the async runtime's workers.
 
+mod int8;
+
+pub use int8::Int8Kernel;
+
 use gemm::Parallelism;
+use int8::QLinear;
 use rayon::prelude::*;
 use safetensors::SafeTensors;
 use std::path::Path;
@@ -40,18 +45,53 @@ fn default_act() -> String {
     "gelu".into()
 }
 
+/// The number format of the linear layers' weights and products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 throughout.
+    #[default]
+    F32,
+    /// The linear layers in int8 (weights per output channel, activations per row, i32
+    /// sums); embeddings, attention, softmax, GELU and LayerNorm stay f32.
+    Int8,
+}
+
+/// A linear layer, `[rows, k] -> [rows, n]`.
+enum Linear {
+    /// Weights [n, k], rows are output features (PyTorch's layout).
+    F32 {
+        w: Vec<f32>,
+        b: Vec<f32>,
+        n: usize,
+        k: usize,
+    },
+    Int8(QLinear),
+}
+
+impl Linear {
+    fn new(w: Vec<f32>, b: Vec<f32>, n: usize, k: usize, precision: Precision) -> Linear {
+        match precision {
+            Precision::F32 => Linear::F32 { w, b, n, k },
+            Precision::Int8 => Linear::Int8(QLinear::new(&w, &b, n, k)),
+        }
+    }
+
+    fn apply(&self, x: &[f32], rows: usize, out: &mut [f32], par: Parallelism, kern: Int8Kernel) {
+        match self {
+            Linear::F32 { w, b, n, k } => linear(x, rows, *k, w, b, *n, out, par),
+            Linear::Int8(q) => q.forward(x, rows, out, kern),
+        }
+    }
+}
+
 struct Layer {
-    /// Q, K and V weights stacked: [3H, H], rows are output features.
-    wqkv: Vec<f32>,
-    bqkv: Vec<f32>,
-    wo: Vec<f32>,
-    bo: Vec<f32>,
+    /// Q, K and V stacked: 3H outputs.
+    qkv: Linear,
+    out: Linear,
     ln1_g: Vec<f32>,
     ln1_b: Vec<f32>,
-    w1: Vec<f32>,
-    b1: Vec<f32>,
-    w2: Vec<f32>,
-    b2: Vec<f32>,
+    ffn1: Linear,
+    ffn2: Linear,
     ln2_g: Vec<f32>,
     ln2_b: Vec<f32>,
 }
@@ -67,6 +107,9 @@ pub struct Bert {
     layers: Vec<Layer>,
     pool: rayon::ThreadPool,
     threads: usize,
+    precision: Precision,
+    /// The integer kernel of int8 layers.
+    kernel: Int8Kernel,
     /// `KB_BERT_PROFILE` was set at load: print per-stage times of each forward pass.
     profile: bool,
 }
@@ -93,8 +136,18 @@ fn tensor(st: &SafeTensors, prefix: &str, name: &str, len: usize) -> anyhow::Res
 
 impl Bert {
     /// Load weights from a sentence-transformers / Hugging Face `model.safetensors` (with or
-    /// without the `bert.` prefix). `threads` = 0 uses every core.
+    /// without the `bert.` prefix). `threads` = 0 uses every core. f32 precision.
     pub fn load(weights: &Path, d: BertDims, threads: usize) -> anyhow::Result<Bert> {
+        Bert::load_with(weights, d, threads, Precision::F32)
+    }
+
+    /// As [`Bert::load`], with the linear layers in `precision`.
+    pub fn load_with(
+        weights: &Path,
+        d: BertDims,
+        threads: usize,
+        precision: Precision,
+    ) -> anyhow::Result<Bert> {
         if d.hidden_act != "gelu" {
             anyhow::bail!("hidden_act `{}` is not supported (gelu only)", d.hidden_act);
         }
@@ -121,17 +174,27 @@ impl Bert {
             let mut bqkv = t(&format!("{p}attention.self.query.bias"), h)?;
             bqkv.extend(t(&format!("{p}attention.self.key.bias"), h)?);
             bqkv.extend(t(&format!("{p}attention.self.value.bias"), h)?);
+            let lin = |w: &str, b: &str, n: usize, k: usize| -> anyhow::Result<Linear> {
+                Ok(Linear::new(
+                    t(&format!("{p}{w}"), n * k)?,
+                    t(&format!("{p}{b}"), n)?,
+                    n,
+                    k,
+                    precision,
+                ))
+            };
             layers.push(Layer {
-                wqkv,
-                bqkv,
-                wo: t(&format!("{p}attention.output.dense.weight"), h * h)?,
-                bo: t(&format!("{p}attention.output.dense.bias"), h)?,
+                qkv: Linear::new(wqkv, bqkv, 3 * h, h, precision),
+                out: lin(
+                    "attention.output.dense.weight",
+                    "attention.output.dense.bias",
+                    h,
+                    h,
+                )?,
                 ln1_g: t(&format!("{p}attention.output.LayerNorm.weight"), h)?,
                 ln1_b: t(&format!("{p}attention.output.LayerNorm.bias"), h)?,
-                w1: t(&format!("{p}intermediate.dense.weight"), i * h)?,
-                b1: t(&format!("{p}intermediate.dense.bias"), i)?,
-                w2: t(&format!("{p}output.dense.weight"), h * i)?,
-                b2: t(&format!("{p}output.dense.bias"), h)?,
+                ffn1: lin("intermediate.dense.weight", "intermediate.dense.bias", i, h)?,
+                ffn2: lin("output.dense.weight", "output.dense.bias", h, i)?,
                 ln2_g: t(&format!("{p}output.LayerNorm.weight"), h)?,
                 ln2_b: t(&format!("{p}output.LayerNorm.bias"), h)?,
             });
@@ -160,12 +223,33 @@ impl Bert {
             d,
             pool,
             threads,
+            precision,
+            kernel: Int8Kernel::detect(),
             profile: std::env::var_os("KB_BERT_PROFILE").is_some(),
         })
     }
 
     pub fn hidden_size(&self) -> usize {
         self.d.hidden_size
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The integer kernel int8 layers use (chosen at load from the CPU's features).
+    pub fn int8_kernel(&self) -> Int8Kernel {
+        self.kernel
+    }
+
+    /// Use another integer kernel (e.g. to check the portable one against the fastest);
+    /// fails if this CPU cannot run it.
+    pub fn set_int8_kernel(&mut self, kernel: Int8Kernel) -> anyhow::Result<()> {
+        if !kernel.available() {
+            anyhow::bail!("this CPU cannot run the {} kernel", kernel.name());
+        }
+        self.kernel = kernel;
+        Ok(())
     }
 
     /// Mean-pooled, L2-normalised embeddings of token-id sequences (each already carrying its
@@ -227,6 +311,7 @@ impl Bert {
         let mut tmp = vec![0f32; total * h];
         let mut mid = vec![0f32; total * inter];
         let prof = self.profile;
+        let kern = self.kernel;
         let mut tm = [0f64; 6];
         let mut clock = std::time::Instant::now();
         let mut lap = |i: usize, tm: &mut [f64; 6]| {
@@ -238,21 +323,21 @@ impl Bert {
         for l in &self.layers {
             lap(5, &mut tm);
             // Q, K, V in one product.
-            linear(&x, total, h, &l.wqkv, &l.bqkv, 3 * h, &mut qkv, par);
+            l.qkv.apply(&x, total, &mut qkv, par, kern);
             lap(0, &mut tm);
             attention(&qkv, &mut ctx, seqs, &starts, h, heads);
             lap(1, &mut tm);
             // Output projection, residual, LayerNorm.
-            linear(&ctx, total, h, &l.wo, &l.bo, h, &mut tmp, par);
+            l.out.apply(&ctx, total, &mut tmp, par, kern);
             lap(0, &mut tm);
             add_and_norm(&mut x, &tmp, h, &l.ln1_g, &l.ln1_b, eps);
             lap(2, &mut tm);
             // Feed-forward.
-            linear(&x, total, h, &l.w1, &l.b1, inter, &mut mid, par);
+            l.ffn1.apply(&x, total, &mut mid, par, kern);
             lap(0, &mut tm);
             mid.par_chunks_mut(inter).for_each(gelu_slice);
             lap(3, &mut tm);
-            linear(&mid, total, inter, &l.w2, &l.b2, h, &mut tmp, par);
+            l.ffn2.apply(&mid, total, &mut tmp, par, kern);
             lap(0, &mut tm);
             add_and_norm(&mut x, &tmp, h, &l.ln2_g, &l.ln2_b, eps);
             lap(2, &mut tm);
