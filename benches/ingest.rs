@@ -659,8 +659,77 @@ fn embedding(tokenizer: &Tokenizer, chunks: &[Chunk], rounds: usize) -> Result<(
          mean {int8_mean:.5}"
     ));
     table.print();
+    cosine_spread(chunks, &embed, &loaded[1].1, &loaded[2].1, &native, &int8)?;
     for (_, e) in &loaded {
         e.shutdown();
     }
+    Ok(())
+}
+
+/// int8 vs f32 cosines over more chunks than the timed ones: `KB_BENCH_COSINE_CHUNKS` chunks
+/// of any size, spread over the documents (0 = only the timed chunks, the default).
+fn cosine_spread(
+    chunks: &[Chunk],
+    embed: &dyn Fn(&LocalEmbedder, &[String]) -> Result<Vec<Vec<f32>>>,
+    f32e: &LocalEmbedder,
+    int8e: &LocalEmbedder,
+    timed_f32: &[Vec<f32>],
+    timed_int8: &[Vec<f32>],
+) -> Result<()> {
+    let n = env_usize("KB_BENCH_COSINE_CHUNKS", 0);
+    let mut cos: Vec<f32> = if n == 0 {
+        timed_f32
+            .iter()
+            .zip(timed_int8)
+            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum())
+            .collect()
+    } else {
+        let step = (chunks.len() / n).max(1);
+        let texts: Vec<String> = chunks
+            .iter()
+            .step_by(step)
+            .take(n)
+            .map(|c| c.text.clone())
+            .collect();
+        eprintln!("embed: cosines over {} chunks", texts.len());
+        let mut out = Vec::with_capacity(texts.len());
+        for group in texts.chunks(16) {
+            let (a, b) = (embed(f32e, group)?, embed(int8e, group)?);
+            out.extend(
+                a.iter()
+                    .zip(&b)
+                    .map(|(x, y)| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>()),
+            );
+        }
+        out
+    };
+    cos.sort_by(f32::total_cmp);
+    let q = |f: f64| cos[((cos.len() - 1) as f64 * f).round() as usize];
+    let mean = cos.iter().map(|&c| c as f64).sum::<f64>() / cos.len() as f64;
+    let mut table = Table::new(
+        format!(
+            "native-int8 vs native f32, cosine over {} chunks",
+            cos.len()
+        ),
+        &[
+            "min",
+            "p1",
+            "p5",
+            "median",
+            "mean",
+            "below 0.99",
+            "below 0.995",
+        ],
+    );
+    table.row(vec![
+        format!("{:.5}", q(0.0)),
+        format!("{:.5}", q(0.01)),
+        format!("{:.5}", q(0.05)),
+        format!("{:.5}", q(0.5)),
+        format!("{mean:.5}"),
+        cos.iter().filter(|&&c| c < 0.99).count().to_string(),
+        cos.iter().filter(|&&c| c < 0.995).count().to_string(),
+    ]);
+    table.print();
     Ok(())
 }
