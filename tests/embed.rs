@@ -72,6 +72,13 @@ fn int8_texts() -> Vec<String> {
         "What is the default port?".into(),
         "a".into(),
         "Ünïcödé — and emoji 🚀 with CJK 漢字".into(),
+        // The index of a manual (dot leaders): with the first block's FFN output in int8 such
+        // text fell to cosine 0.97 against f32 (0.9925 for this one).
+        ["PS4", "PWD", "PPID", "PROMPT_COMMAND"]
+            .iter()
+            .map(|w| format!("{w} {} 88\n", ". ".repeat(44)))
+            .collect::<String>()
+            + "\nR\n\nRANDOM . . . . . . . . . . . . . . . . . . . . . 89",
     ];
     for doc in ["bakery.md", "lighthouse.md", "observatory.md"] {
         let text =
@@ -122,8 +129,8 @@ fn int8_engine_is_close_to_f32_and_batch_independent() {
         assert!((norm - 1.0).abs() < 1e-4, "text {i}: norm {norm}");
         let c = cos(x, y);
         lowest = lowest.min(c);
-        // Measured: 0.99x on these texts (see benches/README.md); a broken kernel, scale or
-        // zero point gives far less.
+        // Measured: lowest 0.9974 on these texts (0.9925, on the index text, with the first
+        // block's FFN output in int8); a broken kernel, scale or zero point gives far less.
         assert!(c >= INT8_MIN_COSINE, "text {i}: int8 vs f32 cosine {c}");
     }
     eprintln!(
@@ -162,4 +169,4 @@ fn int8_engine_is_close_to_f32_and_batch_independent() {
 }
 
 /// Lowest cosine allowed between a text's int8 and f32 vectors.
-const INT8_MIN_COSINE: f32 = 0.99;
+const INT8_MIN_COSINE: f32 = 0.995;

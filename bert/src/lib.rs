@@ -194,7 +194,22 @@ impl Bert {
                 ln1_g: t(&format!("{p}attention.output.LayerNorm.weight"), h)?,
                 ln1_b: t(&format!("{p}attention.output.LayerNorm.bias"), h)?,
                 ffn1: lin("intermediate.dense.weight", "intermediate.dense.bias", i, h)?,
-                ffn2: lin("output.dense.weight", "output.dense.bias", h, i)?,
+                // The first block's FFN output stays f32 in int8 mode: its input (the GELU
+                // output) takes rare huge values in a few channels on degenerate text (the dot
+                // leaders of a book index), which leave nothing of the other channels after
+                // per-row quantisation. Measured on 1,000 corpus chunks: lowest cosine to f32
+                // 0.969 with it in int8, 0.996 without; about 1/18 of the products.
+                ffn2: if l == 0 {
+                    Linear::new(
+                        t(&format!("{p}output.dense.weight"), h * i)?,
+                        t(&format!("{p}output.dense.bias"), h)?,
+                        h,
+                        i,
+                        Precision::F32,
+                    )
+                } else {
+                    lin("output.dense.weight", "output.dense.bias", h, i)?
+                },
                 ln2_g: t(&format!("{p}output.LayerNorm.weight"), h)?,
                 ln2_b: t(&format!("{p}output.LayerNorm.bias"), h)?,
             });
