@@ -666,42 +666,45 @@ fn embedding(tokenizer: &Tokenizer, chunks: &[Chunk], rounds: usize) -> Result<(
     Ok(())
 }
 
+type EmbedFn<'a> = dyn Fn(&LocalEmbedder, &[String]) -> Result<Vec<Vec<f32>>> + 'a;
+
 /// int8 vs f32 cosines over more chunks than the timed ones: `KB_BENCH_COSINE_CHUNKS` chunks
 /// of any size, spread over the documents (0 = only the timed chunks, the default).
 fn cosine_spread(
     chunks: &[Chunk],
-    embed: &dyn Fn(&LocalEmbedder, &[String]) -> Result<Vec<Vec<f32>>>,
+    embed: &EmbedFn,
     f32e: &LocalEmbedder,
     int8e: &LocalEmbedder,
     timed_f32: &[Vec<f32>],
     timed_int8: &[Vec<f32>],
 ) -> Result<()> {
     let n = env_usize("KB_BENCH_COSINE_CHUNKS", 0);
-    let mut cos: Vec<f32> = if n == 0 {
-        timed_f32
+    let mut cos: Vec<f32> = match chunks.len().checked_div(n) {
+        None => timed_f32
             .iter()
             .zip(timed_int8)
             .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum())
-            .collect()
-    } else {
-        let step = (chunks.len() / n).max(1);
-        let texts: Vec<String> = chunks
-            .iter()
-            .step_by(step)
-            .take(n)
-            .map(|c| c.text.clone())
-            .collect();
-        eprintln!("embed: cosines over {} chunks", texts.len());
-        let mut out = Vec::with_capacity(texts.len());
-        for group in texts.chunks(16) {
-            let (a, b) = (embed(f32e, group)?, embed(int8e, group)?);
-            out.extend(
-                a.iter()
-                    .zip(&b)
-                    .map(|(x, y)| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>()),
-            );
+            .collect(),
+        Some(step) => {
+            let step = step.max(1);
+            let texts: Vec<String> = chunks
+                .iter()
+                .step_by(step)
+                .take(n)
+                .map(|c| c.text.clone())
+                .collect();
+            eprintln!("embed: cosines over {} chunks", texts.len());
+            let mut out = Vec::with_capacity(texts.len());
+            for group in texts.chunks(16) {
+                let (a, b) = (embed(f32e, group)?, embed(int8e, group)?);
+                out.extend(
+                    a.iter()
+                        .zip(&b)
+                        .map(|(x, y)| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>()),
+                );
+            }
+            out
         }
-        out
     };
     cos.sort_by(f32::total_cmp);
     let q = |f: f64| cos[((cos.len() - 1) as f64 * f).round() as usize];
