@@ -6,7 +6,9 @@
 //! the batch's longest, attention as reshaped/transposed tensors with copies, unfused softmax,
 //! GELU and LayerNorm — took more time than the products. Here:
 //! - sequences are never padded: the linear layers run on all tokens of the batch stacked
-//!   (they do not care where a sequence ends) and attention runs per sequence and head;
+//!   (they do not care where a sequence ends) and attention runs per sequence and head, in
+//!   blocks of query rows that stay in L1;
+//! - optionally (`Precision::Int8`, module `int8`) the linear layers run in int8 with VNNI;
 //! - Q, K and V are one product with the three weight matrices stacked;
 //! - bias, GELU, residual and LayerNorm are fused loops over rows;
 //! - work runs on a dedicated rayon pool of a fixed size, so inference has its own thread
