@@ -4,7 +4,8 @@
 //!   `kb_ingest::pdf::extract_pages` (in this process) vs `pdftotext` run as a subprocess;
 //! - chunk: `kb_ingest::chunk` (tokenizes once, sizes candidates from token offsets) vs the same
 //!   text-splitter configuration re-encoding every candidate it tries (`NaiveSizer`);
-//! - embed: `LocalEmbedder` (all-MiniLM-L6-v2) on full-size chunks at batch 8 and 16 vs batch 1.
+//! - embed: `LocalEmbedder` (all-MiniLM-L6-v2) on full-size chunks at batch 1, 8 and 16: candle,
+//!   native f32 and native int8.
 //!
 //! `cargo bench --bench ingest [-- extract chunk embed]`; knobs in benches/README.md.
 //! Every figure is the best of `KB_BENCH_ROUNDS` rounds; kb and its baseline alternate within a
@@ -17,7 +18,7 @@ use common::{
     env_usize, mb, num, per_sec, pin_current_thread, pin_timer_thread, ratio, root, sections,
     time_per_call, unpin_current_thread, wanted, Table,
 };
-use kb::models::local_embed::{Engine, LocalEmbedder};
+use kb::models::local_embed::{Engine, LocalEmbedder, Precision};
 use kb::models::{Embedder, Priority};
 use kb_ingest::{Chunk, ChunkConfig, ExtractedDoc, Heading, Limits, MediaType};
 use std::path::{Path, PathBuf};
@@ -548,12 +549,16 @@ fn embedding(tokenizer: &Tokenizer, chunks: &[Chunk], rounds: usize) -> Result<(
     let dir = models_dir().join(MODEL);
     // The model threads must not inherit this thread's pin.
     unpin_current_thread();
-    let engines = [("candle", Engine::Candle), ("native", Engine::Native)];
+    let engines = [
+        ("candle", Engine::Candle, Precision::F32),
+        ("native", Engine::Native, Precision::F32),
+        ("native-int8", Engine::Native, Precision::Int8),
+    ];
     let mut loaded = Vec::new();
-    for (name, e) in engines {
+    for (name, e, p) in engines {
         loaded.push((
             name,
-            LocalEmbedder::load_with(&dir, MODEL, e, 0)
+            LocalEmbedder::load_with(&dir, MODEL, e, 0, p)
                 .with_context(|| format!("loading the embedder from {}", dir.display()))?,
         ));
     }
@@ -580,14 +585,21 @@ fn embedding(tokenizer: &Tokenizer, chunks: &[Chunk], rounds: usize) -> Result<(
         );
         Ok(vectors)
     };
-    // Same vectors: the native engine against candle's, text by text.
+    // Same vectors: the native engine against candle's, text by text; int8 against both.
     let reference = embed(&loaded[0].1, &texts)?;
     let native = embed(&loaded[1].1, &texts)?;
-    let min_cos = reference
-        .iter()
-        .zip(&native)
-        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>())
-        .fold(f32::INFINITY, f32::min);
+    let int8 = embed(&loaded[2].1, &texts)?;
+    let cosines = |x: &[Vec<f32>], y: &[Vec<f32>]| -> (f32, f32) {
+        let c: Vec<f32> = x
+            .iter()
+            .zip(y)
+            .map(|(a, b)| a.iter().zip(b).map(|(p, q)| p * q).sum::<f32>())
+            .collect();
+        let min = c.iter().copied().fold(f32::INFINITY, f32::min);
+        (min, c.iter().sum::<f32>() / c.len() as f32)
+    };
+    let (min_cos, _) = cosines(&reference, &native);
+    let (int8_min, int8_mean) = cosines(&native, &int8);
 
     let sizes = [1usize, 8, 16];
     // best[engine][size], seconds; engines alternate within a round so noise hits both.
@@ -617,6 +629,7 @@ fn embedding(tokenizer: &Tokenizer, chunks: &[Chunk], rounds: usize) -> Result<(
             "tokens/s",
             "chunks/s",
             "vs candle batch 8",
+            "vs native same batch",
         ],
     );
     let base = best[0][1];
@@ -633,6 +646,7 @@ fn embedding(tokenizer: &Tokenizer, chunks: &[Chunk], rounds: usize) -> Result<(
                 num(tokens as f64 / best[ei][i]),
                 num(texts.len() as f64 / best[ei][i]),
                 ratio(base, best[ei][i]),
+                ratio(best[1][i], best[ei][i]),
             ]);
         }
     }
@@ -640,9 +654,85 @@ fn embedding(tokenizer: &Tokenizer, chunks: &[Chunk], rounds: usize) -> Result<(
         "tokens include [CLS] and [SEP]; padding within a batch is not counted; \
          lowest cosine between the engines' vectors: {min_cos:.6}"
     ));
+    table.note(format!(
+        "native-int8 (int8 linear layers) vs native f32: cosine lowest {int8_min:.5}, \
+         mean {int8_mean:.5}"
+    ));
     table.print();
+    cosine_spread(chunks, &embed, &loaded[1].1, &loaded[2].1, &native, &int8)?;
     for (_, e) in &loaded {
         e.shutdown();
     }
+    Ok(())
+}
+
+type EmbedFn<'a> = dyn Fn(&LocalEmbedder, &[String]) -> Result<Vec<Vec<f32>>> + 'a;
+
+/// int8 vs f32 cosines over more chunks than the timed ones: `KB_BENCH_COSINE_CHUNKS` chunks
+/// of any size, spread over the documents (0 = only the timed chunks, the default).
+fn cosine_spread(
+    chunks: &[Chunk],
+    embed: &EmbedFn,
+    f32e: &LocalEmbedder,
+    int8e: &LocalEmbedder,
+    timed_f32: &[Vec<f32>],
+    timed_int8: &[Vec<f32>],
+) -> Result<()> {
+    let n = env_usize("KB_BENCH_COSINE_CHUNKS", 0);
+    let mut cos: Vec<f32> = match chunks.len().checked_div(n) {
+        None => timed_f32
+            .iter()
+            .zip(timed_int8)
+            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum())
+            .collect(),
+        Some(step) => {
+            let step = step.max(1);
+            let texts: Vec<String> = chunks
+                .iter()
+                .step_by(step)
+                .take(n)
+                .map(|c| c.text.clone())
+                .collect();
+            eprintln!("embed: cosines over {} chunks", texts.len());
+            let mut out = Vec::with_capacity(texts.len());
+            for group in texts.chunks(16) {
+                let (a, b) = (embed(f32e, group)?, embed(int8e, group)?);
+                out.extend(
+                    a.iter()
+                        .zip(&b)
+                        .map(|(x, y)| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>()),
+                );
+            }
+            out
+        }
+    };
+    cos.sort_by(f32::total_cmp);
+    let q = |f: f64| cos[((cos.len() - 1) as f64 * f).round() as usize];
+    let mean = cos.iter().map(|&c| c as f64).sum::<f64>() / cos.len() as f64;
+    let mut table = Table::new(
+        format!(
+            "native-int8 vs native f32, cosine over {} chunks",
+            cos.len()
+        ),
+        &[
+            "min",
+            "p1",
+            "p5",
+            "median",
+            "mean",
+            "below 0.99",
+            "below 0.995",
+        ],
+    );
+    table.row(vec![
+        format!("{:.5}", q(0.0)),
+        format!("{:.5}", q(0.01)),
+        format!("{:.5}", q(0.05)),
+        format!("{:.5}", q(0.5)),
+        format!("{mean:.5}"),
+        cos.iter().filter(|&&c| c < 0.99).count().to_string(),
+        cos.iter().filter(|&&c| c < 0.995).count().to_string(),
+    ]);
+    table.print();
     Ok(())
 }

@@ -79,6 +79,9 @@ pub struct EmbeddingConfig {
     pub threads: usize,
     /// Local engine: `native` (kb's encoder) or `candle`.
     pub engine: String,
+    /// Native engine: `f32`, or `int8` linear layers (faster; vectors differ slightly, so an
+    /// int8 embedder has its own model id and cannot search collections embedded in f32).
+    pub precision: String,
     /// Remote embedder: requests and tokens per minute (0 = unlimited).
     pub rpm: u32,
     pub tpm: u32,
@@ -101,6 +104,7 @@ impl Default for EmbeddingConfig {
             batch_size: 8,
             threads: 0,
             engine: "native".into(),
+            precision: "f32".into(),
             rpm: 0,
             tpm: 0,
             max_concurrency: 4,
@@ -496,7 +500,13 @@ impl Config {
                 "retrieval.rrf_k and the fusion weights must be >= 0, with one weight > 0"
             );
         }
-        crate::models::local_embed::Engine::parse(&self.embedding.engine)?;
+        let engine = crate::models::local_embed::Engine::parse(&self.embedding.engine)?;
+        let precision = crate::models::local_embed::parse_precision(&self.embedding.precision)?;
+        if engine == crate::models::local_embed::Engine::Candle
+            && precision != crate::models::local_embed::Precision::F32
+        {
+            anyhow::bail!("embedding.precision = int8 needs embedding.engine = native");
+        }
         if !["fallback", "decline", "flag", "off"].contains(&self.llm.guard.as_str()) {
             anyhow::bail!("llm.guard must be fallback, decline, flag or off");
         }

@@ -109,6 +109,7 @@ fn build_embedder(
                 &e.model,
                 models::local_embed::Engine::parse(&e.engine)?,
                 e.threads,
+                models::local_embed::parse_precision(&e.precision)?,
             )?))
         }
         "openai" => {

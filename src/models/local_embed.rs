@@ -1,7 +1,9 @@
 //! Local sentence-transformers embedder (BERT family, e.g. all-MiniLM-L6-v2) from a directory
 //! holding `config.json`, `tokenizer.json` and `model.safetensors`. Two engines: kb's own
 //! encoder (`kb_bert`, the default: about 2-3x candle's throughput here) and candle's
-//! `BertModel` (the reference the native one is checked against).
+//! `BertModel` (the reference the native one is checked against). The native engine can run
+//! its linear layers in int8 (`embedding.precision = "int8"`): faster, with vectors close to but
+//! not equal to f32's, so it has its own model id (embedding cache, collections, eval history).
 //!
 //! One dedicated thread runs the model; requests wait in two queues and interactive ones are
 //! always served before bulk ones, so a question never waits behind a large upload's backlog
@@ -37,8 +39,11 @@ struct Shared {
     ready: Condvar,
 }
 
+pub use kb_bert::Precision;
+
 pub struct LocalEmbedder {
     name: String,
+    precision: Precision,
     dim: usize,
     max_input: usize,
     counter: Arc<Tokenizer>,
@@ -61,6 +66,15 @@ impl Engine {
             "candle" => Ok(Engine::Candle),
             o => anyhow::bail!("unknown embedding.engine `{o}` (native or candle)"),
         }
+    }
+}
+
+/// `embedding.precision`: `f32` or `int8`.
+pub fn parse_precision(s: &str) -> anyhow::Result<Precision> {
+    match s {
+        "f32" => Ok(Precision::F32),
+        "int8" => Ok(Precision::Int8),
+        o => anyhow::bail!("unknown embedding.precision `{o}` (f32 or int8)"),
     }
 }
 
@@ -136,16 +150,23 @@ impl Model {
 impl LocalEmbedder {
     /// Load from `dir` with the native engine on every core, and start the model thread.
     pub fn load(dir: &Path, name: &str) -> Result<LocalEmbedder> {
-        LocalEmbedder::load_with(dir, name, Engine::Native, 0)
+        LocalEmbedder::load_with(dir, name, Engine::Native, 0, Precision::F32)
     }
 
     /// Load from `dir` with `engine` using `threads` cores (0 = all) and start the model thread.
+    /// `precision` other than f32 needs the native engine.
     pub fn load_with(
         dir: &Path,
         name: &str,
         engine: Engine,
         threads: usize,
+        precision: Precision,
     ) -> Result<LocalEmbedder> {
+        if engine == Engine::Candle && precision != Precision::F32 {
+            return Err(ModelError::Inference(
+                "embedding.precision other than f32 needs embedding.engine = native".into(),
+            ));
+        }
         let need = ["config.json", "tokenizer.json", "model.safetensors"];
         for f in need {
             if !dir.join(f).exists() {
@@ -184,8 +205,18 @@ impl LocalEmbedder {
             Engine::Native => {
                 let dims: kb_bert::BertDims =
                     serde_json::from_str(&cfg_text).map_err(|e| inf(&e))?;
-                let bert = kb_bert::Bert::load(&dir.join("model.safetensors"), dims, threads)
-                    .map_err(|e| inf(&e))?;
+                let bert = kb_bert::Bert::load_with(
+                    &dir.join("model.safetensors"),
+                    dims,
+                    threads,
+                    precision,
+                )
+                .map_err(|e| inf(&e))?;
+                tracing::debug!(
+                    ?precision,
+                    kernel = bert.int8_kernel().name(),
+                    "native encoder loaded"
+                );
                 let mut tokenizer = tokenizer;
                 tokenizer.with_padding(None);
                 Model::Native {
@@ -223,6 +254,7 @@ impl LocalEmbedder {
             .map_err(|e| inf(&e))?;
         Ok(LocalEmbedder {
             name: name.to_string(),
+            precision,
             dim,
             max_input,
             counter: Arc::new(counter),
@@ -278,7 +310,11 @@ fn run(model: Model, shared: Arc<Shared>) {
 #[async_trait::async_trait]
 impl Embedder for LocalEmbedder {
     fn model_id(&self) -> String {
-        format!("local:{}", self.name)
+        // int8 vectors differ slightly from f32 ones: never mix them in a cache or collection.
+        match self.precision {
+            Precision::F32 => format!("local:{}", self.name),
+            Precision::Int8 => format!("local:{}:int8", self.name),
+        }
     }
 
     fn dim(&self) -> usize {
