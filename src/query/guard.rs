@@ -36,6 +36,8 @@ pub fn check(answer: &str, sources: &[Source], min_support: f64) -> (usize, Vec<
     };
     let per_source: Vec<HashSet<String>> = sources.iter().map(stems_of).collect();
     let all: HashSet<String> = per_source.iter().flatten().cloned().collect();
+    let numbers_per_source: Vec<HashSet<String>> =
+        sources.iter().map(|s| numbers(&s.text)).collect();
     let mut checked = 0;
     let mut unsupported = Vec::new();
     for sentence in sentences(answer) {
@@ -59,11 +61,59 @@ pub fn check(answer: &str, sources: &[Source], min_support: f64) -> (usize, Vec<
                 .collect()
         };
         let found = t.iter().filter(|w| matches_term(&pool, w)).count();
-        if (found as f64) < min_support * t.len() as f64 {
+        // A number the sources do not contain is unsupported however many of the other words
+        // match: "the UID of nobody is 100 [2]" shares most words with a source that says
+        // 65534, and a wrong number is the worst kind of wrong answer.
+        let source_numbers = |n: &String| {
+            if cited.is_empty() {
+                numbers_per_source.iter().any(|s| s.contains(n))
+            } else {
+                cited.iter().any(|&c| numbers_per_source[c - 1].contains(n))
+            }
+        };
+        let invented_number = numbers(&without_list_marker(&plain))
+            .iter()
+            .any(|n| !source_numbers(n));
+        if invented_number || (found as f64) < min_support * t.len() as f64 {
             unsupported.push(sentence.trim().to_string());
         }
     }
     (checked, unsupported)
+}
+
+/// The numbers written in `text`, digits only ("4,300" and "4300" are the same number; "1.5"
+/// keeps its point).
+fn numbers(text: &str) -> HashSet<String> {
+    let mut out = HashSet::new();
+    let mut cur = String::new();
+    let chars: Vec<char> = text.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        let next_digit = chars.get(i + 1).is_some_and(|n| n.is_ascii_digit());
+        if c.is_ascii_digit() {
+            cur.push(c);
+        } else if (c == ',' || c == '.') && !cur.is_empty() && next_digit {
+            if c == '.' {
+                cur.push('.');
+            }
+        } else if !cur.is_empty() {
+            out.insert(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        out.insert(cur);
+    }
+    out
+}
+
+/// The sentence without a leading list number ("2. Run the installer").
+fn without_list_marker(s: &str) -> String {
+    let t = s.trim_start();
+    let digits = t.chars().take_while(|c| c.is_ascii_digit()).count();
+    if digits > 0 && digits <= 2 && t[digits..].starts_with(['.', ')']) {
+        t[digits + 1..].to_string()
+    } else {
+        t.to_string()
+    }
 }
 
 fn strip_citations(s: &str) -> String {
@@ -122,6 +172,51 @@ mod tests {
         // Citing the wrong source is not support either.
         let (_, un) = check("Snapshots are written every 45 minutes [1].", &sources, 0.6);
         assert_eq!(un.len(), 1);
+    }
+
+    #[test]
+    fn a_number_the_sources_do_not_hold_is_unsupported() {
+        let sources = vec![
+            src(1, "The user nobody has UID 65534 in Debian Policy."),
+            src(
+                2,
+                "The default limit is 4,300 digits; values up to 1.5 are allowed.",
+            ),
+        ];
+        // Most words match, the number does not.
+        let (_, un) = check(
+            "Debian Policy gives the user nobody UID 100 [1].",
+            &sources,
+            0.6,
+        );
+        assert_eq!(un.len(), 1, "{un:?}");
+        let (_, un) = check(
+            "Debian Policy gives the user nobody UID 65534 [1].",
+            &sources,
+            0.6,
+        );
+        assert!(un.is_empty(), "{un:?}");
+        // Thousands separators and decimals are the same number written differently.
+        let (_, un) = check(
+            "The default limit is 4300 digits and 1.5 is allowed [2].",
+            &sources,
+            0.6,
+        );
+        assert!(un.is_empty(), "{un:?}");
+        // The number must be in the cited source, not just somewhere.
+        let (_, un) = check(
+            "Debian Policy gives the user nobody UID 4300 [1].",
+            &sources,
+            0.6,
+        );
+        assert_eq!(un.len(), 1);
+        // List markers are not claims.
+        let (_, un) = check(
+            "2. Debian Policy gives the user nobody UID 65534 [1].",
+            &sources,
+            0.6,
+        );
+        assert!(un.is_empty(), "{un:?}");
     }
 
     #[test]
