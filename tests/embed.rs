@@ -170,3 +170,45 @@ fn int8_engine_is_close_to_f32_and_batch_independent() {
 
 /// Lowest cosine allowed between a text's int8 and f32 vectors.
 const INT8_MIN_COSINE: f32 = 0.995;
+
+/// Every input length from 1 to past the model's limit, alone and batched with others, through
+/// the native engine's attention (its AVX-512 path has blocks of 8 query rows and tails): each
+/// call returns, and a text's vector is the same alone and batched.
+#[test]
+fn every_length_embeds_alone_and_batched() {
+    let dir = models_dir().join("all-MiniLM-L6-v2");
+    let native =
+        LocalEmbedder::load_with(&dir, "all-MiniLM-L6-v2", Engine::Native, 0, Precision::F32)
+            .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let texts: Vec<String> = (1..=40)
+        .map(|n| vec!["lamp"; n * 7].join(" "))
+        .chain((1..=12).map(|n| vec!["harbour"; n].join(" ")))
+        .collect();
+    let batched = rt
+        .block_on(async {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(120),
+                native.embed(texts.clone(), Priority::Bulk),
+            )
+            .await
+        })
+        .expect("a batched call returns")
+        .unwrap();
+    for (t, b) in texts.iter().zip(&batched) {
+        let alone = rt
+            .block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(60),
+                    native.embed(vec![t.clone()], Priority::Interactive),
+                )
+                .await
+            })
+            .expect("a single call returns")
+            .unwrap();
+        assert!(cos(&alone[0], b) > 0.9999, "{} words", t.split(' ').count());
+    }
+}
