@@ -38,12 +38,7 @@ fn upload_wait(s: &Server, collection: &str, name: &str, text: &str) -> (String,
 
 /// The value of one series in `/metrics`, e.g. `kb_answer_cache_hits_total{kind="exact"}`.
 fn metric(s: &Server, series: &str) -> f64 {
-    let text = Server::client()
-        .get(s.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = s.metrics_text();
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .unwrap_or_else(|| panic!("{series} not in /metrics:\n{text}"))

@@ -287,12 +287,7 @@ fn ask_json(s: &Server) -> (u16, Option<String>, Value) {
 }
 
 fn metric(s: &Server, line_prefix: &str) -> Option<f64> {
-    let text = Server::client()
-        .get(s.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = s.metrics_text();
     text.lines()
         .find(|l| l.starts_with(line_prefix))
         .and_then(|l| l.rsplit(' ').next())

@@ -553,12 +553,7 @@ async function askOnce() {
   }
   renderThread();
   showCurrent(question);
-  answerText = '';
-  els.answer.replaceChildren();
-  els.sources.replaceChildren();
-  els.meta.replaceChildren();
-  els.errorBox.hidden = true;
-  els.errorBox.textContent = '';
+  clearAnswer();
   setBusy(true);
   let sources = [];
   let meta = {};
@@ -676,6 +671,11 @@ function clearCurrent() {
   els.current.hidden = true;
   els.currentQ.replaceChildren();
   showSearched('', '');
+  clearAnswer();
+}
+
+// The answer area: text, sources, metadata and error, emptied for a new question.
+function clearAnswer() {
   answerText = '';
   els.answer.replaceChildren();
   els.sources.replaceChildren();

@@ -204,6 +204,16 @@ impl Server {
             .unwrap()
     }
 
+    /// The text of `/metrics` (Prometheus exposition format).
+    pub fn metrics_text(&self) -> String {
+        Self::client()
+            .get(self.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+
     pub fn get(&self, path: &str) -> (u16, Value) {
         let r = Self::client().get(self.url(path)).send().unwrap();
         let status = r.status().as_u16();
