@@ -6,7 +6,9 @@ set -euo pipefail
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
 command -v g++ >/dev/null || missing+=(g++)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 \
+# libclang itself (libclang.so, libclang-14.so.1), not libclang-cpp, which the base image has
+# without it and which bindgen cannot use.
+ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*-linux-gnu/libclang-[0-9]*.so* >/dev/null 2>&1 \
   || missing+=(libclang-dev)
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "build-deps: installing ${missing[*]}" >&2

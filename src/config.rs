@@ -65,8 +65,8 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmbeddingConfig {
-    /// `local` (candle, weights from `models_dir`) or `openai` (any OpenAI-compatible API).
-    pub provider: String,
+    /// `local` (weights from `models_dir`) or `openai` (any OpenAI-compatible API).
+    pub provider: EmbeddingProvider,
     /// Model name; for `local`, a directory under `models_dir` or an absolute path.
     pub model: String,
     pub base_url: Option<String>,
@@ -78,10 +78,10 @@ pub struct EmbeddingConfig {
     /// Threads the local embedder may use (0 = all cores).
     pub threads: usize,
     /// Local engine: `native` (kb's encoder) or `candle`.
-    pub engine: String,
+    pub engine: crate::models::local_embed::Engine,
     /// Native engine: `f32`, or `int8` linear layers (faster; vectors differ slightly, so an
     /// int8 embedder has its own model id and cannot search collections embedded in f32).
-    pub precision: String,
+    pub precision: EmbeddingPrecision,
     /// Remote embedder: requests and tokens per minute (0 = unlimited).
     pub rpm: u32,
     pub tpm: u32,
@@ -96,15 +96,15 @@ pub struct EmbeddingConfig {
 impl Default for EmbeddingConfig {
     fn default() -> Self {
         EmbeddingConfig {
-            provider: "local".into(),
+            provider: EmbeddingProvider::Local,
             model: "all-MiniLM-L6-v2".into(),
             base_url: None,
             api_key: None,
             dim: None,
             batch_size: 8,
             threads: 0,
-            engine: "native".into(),
-            precision: "f32".into(),
+            engine: crate::models::local_embed::Engine::Native,
+            precision: EmbeddingPrecision::F32,
             rpm: 0,
             tpm: 0,
             max_concurrency: 4,
@@ -120,7 +120,7 @@ impl Default for EmbeddingConfig {
 pub struct LlmConfig {
     /// `extractive` (no model: quotes the best sentences), `local` (a GGUF instruct model run
     /// in-process by llama.cpp) or `openai` (any OpenAI-compatible API).
-    pub provider: String,
+    pub provider: LlmProvider,
     /// For `openai`, the model name. For `local`, a `.gguf` file, or a directory (absolute or
     /// under `models_dir`) holding one; default `SmolLM2-135M-Instruct`.
     pub model: Option<String>,
@@ -143,7 +143,7 @@ pub struct LlmConfig {
     /// What to do with a generated answer that has a sentence its cited sources do not
     /// support: `fallback` (replace it with the extractive answer), `decline`, `flag` (keep it,
     /// report it in `done.guard`) or `off`.
-    pub guard: String,
+    pub guard: GuardMode,
     /// Least share of a sentence's content words its sources must contain.
     pub guard_min_support: f64,
     pub connect_timeout_secs: f64,
@@ -179,6 +179,79 @@ pub struct LlmConfig {
     pub routes: RoutesConfig,
 }
 
+/// Where embeddings come from (`embedding.provider`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingProvider {
+    /// A BERT-family model from `models_dir`, run in-process.
+    Local,
+    /// Any OpenAI-compatible embeddings API.
+    Openai,
+}
+
+/// The native encoder's linear layers (`embedding.precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingPrecision {
+    F32,
+    /// Faster; vectors differ slightly, so an int8 embedder has its own model id.
+    Int8,
+}
+
+impl From<EmbeddingPrecision> for kb_bert::Precision {
+    fn from(p: EmbeddingPrecision) -> Self {
+        match p {
+            EmbeddingPrecision::F32 => kb_bert::Precision::F32,
+            EmbeddingPrecision::Int8 => kb_bert::Precision::Int8,
+        }
+    }
+}
+
+/// Who answers (`llm.provider`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmProvider {
+    /// No model: the best sentences of the sources, quoted.
+    Extractive,
+    /// A GGUF instruct model run in-process by llama.cpp.
+    Local,
+    /// Any OpenAI-compatible chat API.
+    Openai,
+}
+
+impl LlmProvider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LlmProvider::Extractive => "extractive",
+            LlmProvider::Local => "local",
+            LlmProvider::Openai => "openai",
+        }
+    }
+}
+
+/// Where vectors live (`store.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// Qdrant Edge, in-process, under `data_dir`.
+    Edge,
+}
+
+/// What the grounding guard does with a generated answer that has a sentence its cited sources
+/// do not support.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardMode {
+    /// Replace the answer with the extractive answer.
+    Fallback,
+    /// Replace it with the decline sentence.
+    Decline,
+    /// Keep it; report the sentences in `done.guard`.
+    Flag,
+    /// Do not check.
+    Off,
+}
+
 /// US dollars per 1000 tokens.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -207,7 +280,7 @@ pub struct RoutesConfig {
 impl Default for LlmConfig {
     fn default() -> Self {
         LlmConfig {
-            provider: "extractive".into(),
+            provider: LlmProvider::Extractive,
             model: None,
             base_url: None,
             api_key: None,
@@ -217,7 +290,7 @@ impl Default for LlmConfig {
             threads: 1,
             prefill_threads: 2,
             local_context_tokens: 2560,
-            guard: "fallback".into(),
+            guard: GuardMode::Fallback,
             guard_min_support: 0.6,
             connect_timeout_secs: 5.0,
             first_token_timeout_secs: 30.0,
@@ -245,7 +318,7 @@ impl Default for LlmConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// `edge` (Qdrant Edge, in-process, under `data_dir`).
-    pub backend: String,
+    pub backend: StoreBackend,
     pub url: Option<String>,
     /// Seconds of ingestion quiet before the HNSW index is (re)built in the background.
     pub optimize_after_secs: u64,
@@ -254,7 +327,7 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            backend: "edge".into(),
+            backend: StoreBackend::Edge,
             url: None,
             optimize_after_secs: 30,
         }
@@ -282,8 +355,8 @@ impl Default for ChunkingConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RetrievalConfig {
     pub top_k: usize,
-    /// `hybrid` (dense + BM25, fused with RRF), `dense` or `sparse`.
-    pub mode: String,
+    /// `hybrid` (dense + BM25, fused with RRF), `dense` or `sparse` (`bm25`).
+    pub mode: crate::store::SearchMode,
     /// Candidates fetched from each retriever before fusion.
     pub candidates: usize,
     /// Reciprocal-rank fusion: a hit at rank r adds `weight / (rrf_k + r)`.
@@ -296,7 +369,7 @@ impl Default for RetrievalConfig {
     fn default() -> Self {
         RetrievalConfig {
             top_k: 8,
-            mode: "hybrid".into(),
+            mode: crate::store::SearchMode::Hybrid,
             candidates: 50,
             // Measured on the public eval set against k=60 with equal weights: MRR 0.526 ->
             // 0.576, hit@1 0.392 -> 0.471, hit@10 0.765 -> 0.804, hit@5 unchanged, and fewer
@@ -471,24 +544,9 @@ impl Config {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        match self.embedding.provider.as_str() {
-            "local" | "openai" => {}
-            p => anyhow::bail!("embedding.provider must be `local` or `openai`, not `{p}`"),
-        }
-        match self.llm.provider.as_str() {
-            "extractive" | "local" | "openai" => {}
-            p => anyhow::bail!("llm.provider must be `extractive`, `local` or `openai`, not `{p}`"),
-        }
-        if self.llm.provider == "openai" && self.llm.model.is_none() {
+        if self.llm.provider == LlmProvider::Openai && self.llm.model.is_none() {
             anyhow::bail!("llm.model is required when llm.provider is `openai`");
         }
-        if self.store.backend != "edge" {
-            anyhow::bail!(
-                "store.backend `{}` is not available in this build (only `edge`)",
-                self.store.backend
-            );
-        }
-        crate::store::SearchMode::parse(&self.retrieval.mode)?;
         if self.retrieval.top_k == 0 || self.retrieval.top_k > 100 {
             anyhow::bail!("retrieval.top_k must be between 1 and 100");
         }
@@ -500,15 +558,10 @@ impl Config {
                 "retrieval.rrf_k and the fusion weights must be >= 0, with one weight > 0"
             );
         }
-        let engine = crate::models::local_embed::Engine::parse(&self.embedding.engine)?;
-        let precision = crate::models::local_embed::parse_precision(&self.embedding.precision)?;
-        if engine == crate::models::local_embed::Engine::Candle
-            && precision != crate::models::local_embed::Precision::F32
+        if self.embedding.engine == crate::models::local_embed::Engine::Candle
+            && self.embedding.precision != EmbeddingPrecision::F32
         {
             anyhow::bail!("embedding.precision = int8 needs embedding.engine = native");
-        }
-        if !["fallback", "decline", "flag", "off"].contains(&self.llm.guard.as_str()) {
-            anyhow::bail!("llm.guard must be fallback, decline, flag or off");
         }
         if !(0.0..=1.0).contains(&self.llm.guard_min_support) {
             anyhow::bail!("llm.guard_min_support must be between 0 and 1");
@@ -577,7 +630,7 @@ impl Config {
         {
             anyhow::bail!("llm.threads and llm.prefill_threads must be between 1 and 256");
         }
-        if self.llm.provider == "local"
+        if self.llm.provider == LlmProvider::Local
             && self.llm.local_context_tokens < self.llm.max_answer_tokens + 512
         {
             anyhow::bail!(
@@ -587,7 +640,9 @@ impl Config {
             );
         }
         let r = &self.llm.routes;
-        if self.llm.provider != "openai" && (r.rewrite.is_some() || r.summarize.is_some()) {
+        if self.llm.provider != LlmProvider::Openai
+            && (r.rewrite.is_some() || r.summarize.is_some())
+        {
             anyhow::bail!("llm.routes needs llm.provider = `openai`");
         }
         if self.conversations.history_tokens < 64 {

@@ -7,7 +7,9 @@ pub mod api;
 pub mod cache;
 pub mod catalog;
 pub mod config;
+pub mod error;
 pub mod eval;
+pub mod info;
 pub mod jobs;
 pub mod metrics;
 pub mod models;
@@ -96,8 +98,8 @@ fn build_embedder(
     governor: &models::governor::Governor,
 ) -> anyhow::Result<Arc<dyn Embedder>> {
     let e = &cfg.embedding;
-    match e.provider.as_str() {
-        "local" => {
+    match e.provider {
+        config::EmbeddingProvider::Local => {
             let p = Path::new(&e.model);
             let dir = if p.is_absolute() || p.exists() {
                 p.to_path_buf()
@@ -107,12 +109,12 @@ fn build_embedder(
             Ok(Arc::new(models::local_embed::LocalEmbedder::load_with(
                 &dir,
                 &e.model,
-                models::local_embed::Engine::parse(&e.engine)?,
+                e.engine,
                 e.threads,
-                models::local_embed::parse_precision(&e.precision)?,
+                e.precision.into(),
             )?))
         }
-        "openai" => {
+        config::EmbeddingProvider::Openai => {
             let base = e
                 .base_url
                 .clone()
@@ -131,7 +133,6 @@ fn build_embedder(
                 e.max_batch_tokens,
             )))
         }
-        p => anyhow::bail!("unknown embedding provider `{p}`"),
     }
 }
 
@@ -146,14 +147,14 @@ type ChatModels = (
 
 fn build_chat(cfg: &Config, governor: &models::governor::Governor) -> anyhow::Result<ChatModels> {
     let l = &cfg.llm;
-    match l.provider.as_str() {
-        "extractive" => Ok((None, None, None)),
+    match l.provider {
+        config::LlmProvider::Extractive => Ok((None, None, None)),
         #[cfg(not(feature = "local-llm"))]
-        "local" => anyhow::bail!(
+        config::LlmProvider::Local => anyhow::bail!(
             "llm.provider = \"local\" needs kb built with the `local-llm` feature (the default)"
         ),
         #[cfg(feature = "local-llm")]
-        "local" => {
+        config::LlmProvider::Local => {
             let name = l
                 .model
                 .clone()
@@ -175,7 +176,7 @@ fn build_chat(cfg: &Config, governor: &models::governor::Governor) -> anyhow::Re
             let chat: Arc<dyn ChatModel> = Arc::new(chat);
             Ok((Some(chat.clone()), Some(chat.clone()), Some(chat)))
         }
-        "openai" => {
+        config::LlmProvider::Openai => {
             let base = l
                 .base_url
                 .clone()
@@ -204,8 +205,18 @@ fn build_chat(cfg: &Config, governor: &models::governor::Governor) -> anyhow::Re
             let summarize = route(&l.routes.summarize);
             Ok((Some(answer), Some(rewrite), Some(summarize)))
         }
-        p => anyhow::bail!("unknown llm provider `{p}`"),
     }
+}
+
+/// The binary that extracts documents in a child process (`kb __extract`); default: this
+/// process's own executable, which is `kb`.
+static EXTRACTOR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// For programs that embed kb as a library (tests among them): the `kb` binary to run
+/// extractions with, since this process's own executable is not `kb`. Set it before
+/// `Core::open`; only the first call counts.
+pub fn set_extractor_binary(path: impl Into<PathBuf>) {
+    let _ = EXTRACTOR.set(path.into());
 }
 
 impl Core {
@@ -260,7 +271,10 @@ impl Core {
             0 => max_input.saturating_sub(2),
             n => n.min(max_input.saturating_sub(2)),
         };
-        let exe = std::env::current_exe().context("locating the kb binary")?;
+        let exe = match EXTRACTOR.get() {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().context("locating the kb binary")?,
+        };
         let pdf_args = vec![
             "__extract".to_string(),
             "--max-pages".to_string(),
@@ -285,11 +299,11 @@ impl Core {
             config.jobs.max_attempts,
         );
         ingestor.gen_counter =
-            models::generation_counter(&config.llm.provider, config.llm.model.as_deref());
+            models::generation_counter(config.llm.provider.as_str(), config.llm.model.as_deref());
         let usage = Arc::new(usage::UsageLog::new(
             catalog.clone(),
             config.llm.prices.clone(),
-            config.embedding.provider != "local",
+            config.embedding.provider != config::EmbeddingProvider::Local,
         ));
         ingestor.embedding_cache = config.cache.embeddings;
         ingestor.usage = Some(usage.clone());
@@ -349,7 +363,7 @@ impl Core {
             context_window,
             max_answer_tokens: config.llm.max_answer_tokens,
             temperature: config.llm.temperature,
-            guard: config.llm.guard.clone(),
+            guard: config.llm.guard,
             guard_min_support: config.llm.guard_min_support,
             log_content: config.log.content,
             cache,
@@ -378,35 +392,44 @@ impl Core {
 
     /// What produces answers here: the parts that change retrieval and answer quality. Recorded
     /// with every `kb eval` run and served at `GET /v1/info`.
-    pub fn describe(&self) -> serde_json::Value {
+    pub fn describe(&self) -> info::Info {
+        use info::*;
         let c = &self.config;
-        serde_json::json!({
-            "kb_version": env!("CARGO_PKG_VERSION"),
-            "git_commit": env!("KB_GIT_COMMIT"),
-            "embedder": self.embedder.model_id(),
-            "chunker": {
-                "splitter": "text-splitter 0.33, Markdown-aware for Markdown and HTML",
-                "max_tokens": c.chunking.max_tokens,
-                "overlap_tokens": c.chunking.overlap_tokens,
+        Info {
+            kb_version: env!("CARGO_PKG_VERSION").into(),
+            git_commit: env!("KB_GIT_COMMIT").into(),
+            embedder: self.embedder.model_id(),
+            chunker: InfoChunker {
+                splitter: "text-splitter 0.33, Markdown-aware for Markdown and HTML".into(),
+                max_tokens: c.chunking.max_tokens,
+                overlap_tokens: c.chunking.overlap_tokens,
             },
-            "retrieval": {
-                "mode": c.retrieval.mode,
-                "top_k": c.retrieval.top_k,
-                "candidates": c.retrieval.candidates,
-                "fusion": {
-                    "rrf_k": c.retrieval.rrf_k,
-                    "dense_weight": c.retrieval.dense_weight,
-                    "sparse_weight": c.retrieval.sparse_weight,
+            retrieval: InfoRetrieval {
+                mode: c.retrieval.mode.to_string(),
+                top_k: c.retrieval.top_k,
+                candidates: c.retrieval.candidates,
+                fusion: InfoFusion {
+                    rrf_k: c.retrieval.rrf_k,
+                    dense_weight: c.retrieval.dense_weight,
+                    sparse_weight: c.retrieval.sparse_weight,
                 },
             },
-            "answerer": self.query.model_name(),
-            "prompt_version": query::prompt::PROMPT_VERSION,
-            "cache": {
-                "answers": self.query.cache.as_ref().map(|c| c.backend_name()),
-                "semantic": self.query.cache.as_ref().is_some_and(|c| c.semantic_enabled()),
-                "embeddings": c.cache.embeddings,
+            answerer: self.query.model_name(),
+            prompt_version: query::prompt::PROMPT_VERSION.into(),
+            cache: InfoCache {
+                answers: self
+                    .query
+                    .cache
+                    .as_ref()
+                    .map(|c| c.backend_name().to_string()),
+                semantic: self
+                    .query
+                    .cache
+                    .as_ref()
+                    .is_some_and(|c| c.semantic_enabled()),
+                embeddings: c.cache.embeddings,
             },
-        })
+        }
     }
 
     /// A temp file path for an upload in progress.

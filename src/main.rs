@@ -859,7 +859,7 @@ async fn ask(
             collection: collection.to_string(),
             query: question.to_string(),
             top_k: top_k.unwrap_or(cfg.retrieval.top_k),
-            mode: SearchMode::parse(&cfg.retrieval.mode)?,
+            mode: cfg.retrieval.mode,
             doc_ids: None,
         };
         let mut events = core.query.ask(AskParams {
@@ -876,9 +876,9 @@ async fn ask(
                 }
                 AskEvent::Sources(s) => sources = serde_json::to_value(s)?,
                 AskEvent::Done(d) => done = serde_json::to_value(*d)?,
-                AskEvent::Error { message, .. } => {
+                AskEvent::Error(e) => {
                     core.shutdown().await;
-                    anyhow::bail!("{message}")
+                    anyhow::bail!("{}", e.message)
                 }
                 _ => {}
             }
@@ -940,7 +940,10 @@ async fn search(
             collection: collection.to_string(),
             query: query.to_string(),
             top_k: top_k.unwrap_or(cfg.retrieval.top_k),
-            mode: SearchMode::parse(mode.as_deref().unwrap_or(&cfg.retrieval.mode))?,
+            mode: match mode.as_deref() {
+                Some(m) => SearchMode::parse(m)?,
+                None => cfg.retrieval.mode,
+            },
             doc_ids: None,
         };
         let r = core.query.search(&p).await;

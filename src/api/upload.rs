@@ -4,15 +4,20 @@
 //! streaming. Every file is checked before any is registered, so a request with one bad file
 //! changes nothing.
 
-use super::{valid_collection, ApiError, AppState};
+use super::error::{ApiError, ErrorBody};
+use super::http::AppState;
+use super::validate::valid_collection;
+use crate::error::Code;
+use crate::UploadResult;
 use axum::extract::{Multipart, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kb_ingest::{ExtractError, MediaType};
-use serde_json::json;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
+use utoipa::ToSchema;
 
 struct Staged {
     name: String,
@@ -32,8 +37,25 @@ impl Drop for Cleanup {
     }
 }
 
+/// One or more `file` parts; other parts are ignored.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// A file (repeat the part for several). Its file name is the document's name; a name
+    /// already in the collection makes a new version of that document.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    file: Vec<Vec<u8>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UploadResponse {
+    pub collection: String,
+    /// One entry per `file` part, in order.
+    pub documents: Vec<UploadResult>,
+}
+
 pub fn valid_filename(name: &str) -> Result<String, ApiError> {
-    let bad = |m: &str| ApiError::bad_request("invalid_filename", m.to_string());
+    let bad = |m: &str| ApiError::new(Code::InvalidFilename, m.to_string());
     if name.is_empty() || name.trim().is_empty() {
         return Err(bad("the file has no name"));
     }
@@ -52,33 +74,21 @@ pub fn valid_filename(name: &str) -> Result<String, ApiError> {
 fn extract_error(name: &str, e: ExtractError) -> ApiError {
     let msg = format!("{name}: {e}");
     match e {
-        ExtractError::Empty => ApiError::bad_request("empty_file", msg),
-        ExtractError::TooLarge { .. } => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", msg)
-        }
-        ExtractError::Unsupported(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            msg,
-        ),
-        ExtractError::InvalidUtf8 => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_utf8", msg)
-        }
-        _ => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unprocessable_document",
-            msg,
-        ),
+        ExtractError::Empty => ApiError::new(Code::EmptyFile, msg),
+        ExtractError::TooLarge { .. } => ApiError::new(Code::FileTooLarge, msg),
+        ExtractError::Unsupported(_) => ApiError::new(Code::UnsupportedMediaType, msg),
+        ExtractError::InvalidUtf8 => ApiError::new(Code::InvalidUtf8, msg),
+        _ => ApiError::new(Code::UnprocessableDocument, msg),
     }
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     let status = e.status();
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(status, "file_too_large", e.body_text())
+        ApiError::new(Code::FileTooLarge, e.body_text())
     } else {
-        ApiError::bad_request(
-            "malformed_multipart",
+        ApiError::new(
+            Code::MalformedMultipart,
             format!("malformed multipart body: {}", e.body_text()),
         )
     }
@@ -100,8 +110,7 @@ async fn check_file(st: &Staged, head: &[u8], declared: Option<&str>) -> Result<
         let tail = read_tail(&st.tmp, 2048).await.map_err(ApiError::internal)?;
         if !tail.windows(5).any(|w| w == b"%%EOF") {
             return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "corrupt_pdf",
+                Code::CorruptPdf,
                 format!("{}: the PDF is truncated (no end-of-file marker)", st.name),
             ));
         }
@@ -156,15 +165,15 @@ async fn drain_rest(multipart: &mut Multipart) {
     path = "/v1/collections/{collection}/documents",
     tag = "collections",
     params(("collection" = String, Path, description = "Collection name (created on first upload): 1-64 letters, digits, `_`, `-`, `.`, starting with a letter or digit")),
-    request_body(content = super::openapi::UploadForm, content_type = "multipart/form-data"),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
-        (status = 202, description = "Registered; ingestion queued", body = super::openapi::UploadResponse),
-        (status = 400, description = "`invalid_collection`, `invalid_filename`, `empty_file`, `no_files`, `malformed_multipart`", body = super::openapi::ErrorBody),
-        (status = 409, description = "`embedder_mismatch`: the collection was built with another embedding model", body = super::openapi::ErrorBody),
-        (status = 413, description = "`file_too_large` (`limits.max_upload_bytes`) or `too_many_files` (`limits.max_files_per_request`)", body = super::openapi::ErrorBody),
-        (status = 415, description = "`expected_multipart` (not multipart/form-data) or `unsupported_media_type` (a file of a type kb does not read)", body = super::openapi::ErrorBody),
-        (status = 422, description = "`invalid_utf8`, `corrupt_pdf` (truncated), `unprocessable_document`", body = super::openapi::ErrorBody),
-        (status = 500, description = "`internal_error` (details in the server log)", body = super::openapi::ErrorBody),
+        (status = 202, description = "Registered; ingestion queued", body = UploadResponse),
+        (status = 400, description = "`invalid_collection`, `invalid_filename`, `empty_file`, `no_files`, `malformed_multipart`", body = ErrorBody),
+        (status = 409, description = "`embedder_mismatch`: the collection was built with another embedding model", body = ErrorBody),
+        (status = 413, description = "`file_too_large` (`limits.max_upload_bytes`) or `too_many_files` (`limits.max_files_per_request`)", body = ErrorBody),
+        (status = 415, description = "`expected_multipart` (not multipart/form-data) or `unsupported_media_type` (a file of a type kb does not read)", body = ErrorBody),
+        (status = 422, description = "`invalid_utf8`, `corrupt_pdf` (truncated), `unprocessable_document`", body = ErrorBody),
+        (status = 500, description = "`internal_error` (details in the server log)", body = ErrorBody),
     )
 )]
 pub async fn upload(
@@ -175,8 +184,7 @@ pub async fn upload(
     valid_collection(&collection)?;
     let mut multipart = multipart.map_err(|e| {
         ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "expected_multipart",
+            Code::ExpectedMultipart,
             format!(
                 "expected a multipart/form-data body with `file` parts: {}",
                 e.body_text()
@@ -193,8 +201,7 @@ pub async fn upload(
         }
         if staged.len() >= max_files {
             return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_many_files",
+                Code::TooManyFiles,
                 format!("at most {max_files} files per request"),
             ));
         }
@@ -217,8 +224,7 @@ pub async fn upload(
                 drop(field);
                 drain_rest(&mut multipart).await;
                 return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "file_too_large",
+                    Code::FileTooLarge,
                     format!("{name}: over the upload limit of {limit} bytes"),
                 ));
             }
@@ -242,8 +248,8 @@ pub async fn upload(
         staged.push(st);
     }
     if staged.is_empty() {
-        return Err(ApiError::bad_request(
-            "no_files",
+        return Err(ApiError::new(
+            Code::NoFiles,
             "the request has no `file` parts",
         ));
     }
@@ -254,7 +260,7 @@ pub async fn upload(
             .await
             .map_err(|e| match e {
                 crate::UploadError::EmbedderMismatch { .. } => {
-                    ApiError::new(StatusCode::CONFLICT, "embedder_mismatch", e.to_string())
+                    ApiError::new(Code::EmbedderMismatch, e.to_string())
                 }
                 crate::UploadError::Other(e) => ApiError::internal(e),
             })?;
@@ -263,7 +269,10 @@ pub async fn upload(
     drop(cleanup);
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"collection": collection, "documents": results})),
+        Json(UploadResponse {
+            collection,
+            documents: results,
+        }),
     )
         .into_response())
 }
@@ -287,7 +296,7 @@ mod tests {
             "..",
         ] {
             let e = valid_filename(bad).unwrap_err();
-            assert_eq!(e.code, "invalid_filename", "{bad:?}");
+            assert_eq!(e.code(), Code::InvalidFilename, "{bad:?}");
         }
     }
 }

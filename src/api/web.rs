@@ -1,6 +1,6 @@
 //! The web page: static files embedded in the binary (no build step).
 
-use super::AppState;
+use super::http::AppState;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;

@@ -10,32 +10,16 @@
 //!   answer. Always in memory: it points at exact keys, whose answers live in the backend.
 //!
 //! Cache failures never fail a question: a Redis error is a miss (logged).
+//!
+//! The cache knows nothing of what it stores: values are any serde type (the question path
+//! stores its `CachedAnswer`), kept as JSON bytes in memory or in Redis.
 
-use crate::query::context::Manifest;
-use crate::query::extractive::Grounding;
-use crate::query::Source;
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-/// A complete answer, as replayed on a hit.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CachedAnswer {
-    pub question: String,
-    pub model: String,
-    pub answer: String,
-    pub citations: Vec<usize>,
-    pub declined: bool,
-    pub answerer: String,
-    pub sources: Vec<Source>,
-    pub context: Manifest,
-    #[serde(default)]
-    pub grounding: Option<Grounding>,
-    /// When the answer was computed (RFC 3339).
-    pub created_at: String,
-}
 
 /// Lower-case, trimmed, runs of whitespace collapsed to one space.
 pub fn normalise_question(q: &str) -> String {
@@ -151,8 +135,8 @@ struct SemanticIndex {
 }
 
 /// A hit: the answer, how it was found, and (semantic) its distance.
-pub struct Hit {
-    pub answer: CachedAnswer,
+pub struct Hit<T> {
+    pub answer: T,
     pub kind: &'static str,
     pub distance: Option<f32>,
 }
@@ -240,14 +224,19 @@ impl AnswerCache {
     }
 
     /// The answer stored under `key`, if any and not expired.
-    pub async fn get(&self, key: &str) -> Option<CachedAnswer> {
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
         let raw = self.get_raw(key).await?;
         serde_json::from_slice(&raw).ok()
     }
 
     /// Exact lookup, then (when on and `vector` is given) the nearest cached question of the
     /// same scope within the distance.
-    pub async fn lookup(&self, key: &str, scope: &str, vector: Option<&[f32]>) -> Option<Hit> {
+    pub async fn lookup<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        scope: &str,
+        vector: Option<&[f32]>,
+    ) -> Option<Hit<T>> {
         if let Some(answer) = self.get(key).await {
             return Some(Hit {
                 answer,
@@ -268,7 +257,7 @@ impl AnswerCache {
         })
     }
 
-    pub async fn put(&self, key: &str, scope: &str, vector: Option<Vec<f32>>, a: &CachedAnswer) {
+    pub async fn put<T: Serialize>(&self, key: &str, scope: &str, vector: Option<Vec<f32>>, a: &T) {
         let Ok(bytes) = serde_json::to_vec(a) else {
             return;
         };
@@ -363,18 +352,16 @@ impl SemanticIndex {
 mod tests {
     use super::*;
 
-    fn answer(q: &str) -> CachedAnswer {
-        CachedAnswer {
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    struct Answer {
+        question: String,
+        answer: String,
+    }
+
+    fn answer(q: &str) -> Answer {
+        Answer {
             question: q.into(),
-            model: "m".into(),
             answer: format!("answer to {q}"),
-            citations: vec![1],
-            declined: false,
-            answerer: "extractive".into(),
-            sources: vec![],
-            context: Manifest::default(),
-            grounding: None,
-            created_at: String::new(),
         }
     }
 
@@ -400,16 +387,19 @@ mod tests {
         let c = AnswerCache::memory(2, Duration::from_secs(60), false, 0.1);
         c.put("k1", "s", None, &answer("1")).await;
         c.put("k2", "s", None, &answer("2")).await;
-        assert!(c.get("k1").await.is_some()); // k1 is now the most recent
+        assert!(c.get::<Answer>("k1").await.is_some()); // k1 is now the most recent
         c.put("k3", "s", None, &answer("3")).await;
-        assert!(c.get("k2").await.is_none(), "least recently used evicted");
-        assert!(c.get("k1").await.is_some() && c.get("k3").await.is_some());
+        assert!(
+            c.get::<Answer>("k2").await.is_none(),
+            "least recently used evicted"
+        );
+        assert!(c.get::<Answer>("k1").await.is_some() && c.get::<Answer>("k3").await.is_some());
         assert_eq!(c.len(), 2);
 
         let c = AnswerCache::memory(2, Duration::from_millis(30), false, 0.1);
         c.put("k", "s", None, &answer("1")).await;
         std::thread::sleep(Duration::from_millis(50));
-        assert!(c.get("k").await.is_none(), "expired");
+        assert!(c.get::<Answer>("k").await.is_none(), "expired");
     }
 
     #[tokio::test]
@@ -417,11 +407,21 @@ mod tests {
         let c = AnswerCache::memory(10, Duration::from_secs(60), true, 0.1);
         c.put("k1", "s1", Some(vec![1.0, 0.0]), &answer("1")).await;
         let near = [0.99, 0.1];
-        let h = c.lookup("other", "s1", Some(&near)).await.unwrap();
+        let h = c
+            .lookup::<Answer>("other", "s1", Some(&near))
+            .await
+            .unwrap();
         assert_eq!((h.kind, h.answer.question.as_str()), ("semantic", "1"));
         assert!(h.distance.unwrap() < 0.01);
-        assert!(c.lookup("other", "s2", Some(&near)).await.is_none());
-        assert!(c.lookup("other", "s1", Some(&[0.0, 1.0])).await.is_none());
-        assert_eq!(c.lookup("k1", "s1", None).await.unwrap().kind, "exact");
+        assert!(c
+            .lookup::<Answer>("other", "s2", Some(&near))
+            .await
+            .is_none());
+        assert!(c
+            .lookup::<Answer>("other", "s1", Some(&[0.0, 1.0]))
+            .await
+            .is_none());
+        let h = c.lookup::<Answer>("k1", "s1", None).await.unwrap();
+        assert_eq!(h.kind, "exact");
     }
 }

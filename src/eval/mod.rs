@@ -88,11 +88,11 @@ pub struct LocalTarget(pub Arc<Core>);
 #[async_trait::async_trait]
 impl Target for LocalTarget {
     async fn describe(&self) -> anyhow::Result<Value> {
-        Ok(self.0.describe())
+        Ok(serde_json::to_value(self.0.describe())?)
     }
 
     async fn answer_mode(&self) -> anyhow::Result<SearchMode> {
-        SearchMode::parse(&self.0.config.retrieval.mode)
+        Ok(self.0.config.retrieval.mode)
     }
 
     async fn search(
@@ -132,7 +132,7 @@ impl Target for LocalTarget {
                 collection: collection.into(),
                 query: question.into(),
                 top_k: cfg.retrieval.top_k,
-                mode: SearchMode::parse(&cfg.retrieval.mode)?,
+                mode: cfg.retrieval.mode,
                 doc_ids: None,
             },
             request_id: uuid::Uuid::new_v4().to_string(),
@@ -162,8 +162,8 @@ impl Target for LocalTarget {
                         .and_then(|g| serde_json::to_value(g).ok());
                     out.guard_action = d.guard.as_ref().map(|g| g.action.clone());
                 }
-                AskEvent::Error { code, message } => {
-                    out.error = Some(format!("{code}: {message}"));
+                AskEvent::Error(e) => {
+                    out.error = Some(e.to_string());
                 }
                 _ => {}
             }

@@ -50,32 +50,14 @@ pub struct LocalEmbedder {
     shared: Arc<Shared>,
 }
 
-/// Which implementation runs the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which implementation runs the model (`embedding.engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Engine {
     /// kb's encoder: no padding, fused loops, its own thread pool.
     Native,
     /// candle's `BertModel`.
     Candle,
-}
-
-impl Engine {
-    pub fn parse(s: &str) -> anyhow::Result<Engine> {
-        match s {
-            "native" => Ok(Engine::Native),
-            "candle" => Ok(Engine::Candle),
-            o => anyhow::bail!("unknown embedding.engine `{o}` (native or candle)"),
-        }
-    }
-}
-
-/// `embedding.precision`: `f32` or `int8`.
-pub fn parse_precision(s: &str) -> anyhow::Result<Precision> {
-    match s {
-        "f32" => Ok(Precision::F32),
-        "int8" => Ok(Precision::Int8),
-        o => anyhow::bail!("unknown embedding.precision `{o}` (f32 or int8)"),
-    }
 }
 
 enum Model {

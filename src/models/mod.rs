@@ -80,21 +80,33 @@ impl ModelError {
         }
     }
 
-    /// A short snake_case code for API errors and metrics.
-    pub fn code(&self) -> &'static str {
+    /// The client-facing code (its status and Retry-After come from `crate::error::Code`).
+    pub fn error_code(&self) -> crate::error::Code {
+        use crate::error::Code;
         match self {
-            ModelError::Missing(_) => "model_missing",
-            ModelError::Inference(_) => "model_error",
-            ModelError::Upstream { .. } => "upstream_error",
-            ModelError::ContextLength(_) => "context_length_exceeded",
-            ModelError::RateLimited { .. } => "upstream_rate_limited",
-            ModelError::Overloaded { .. } => "overloaded",
-            ModelError::CircuitOpen { .. } => "upstream_unavailable",
-            ModelError::Timeout(_) => "upstream_timeout",
-            ModelError::Connect(_) => "upstream_unreachable",
-            ModelError::Malformed(_) => "upstream_malformed",
-            ModelError::Closed => "shutting_down",
+            ModelError::Missing(_) => Code::ModelMissing,
+            ModelError::Inference(_) => Code::ModelError,
+            ModelError::Upstream { .. } => Code::UpstreamError,
+            ModelError::ContextLength(_) => Code::ContextLengthExceeded,
+            ModelError::RateLimited { .. } => Code::UpstreamRateLimited,
+            ModelError::Overloaded { .. } => Code::Overloaded,
+            ModelError::CircuitOpen { .. } => Code::UpstreamUnavailable,
+            ModelError::Timeout(_) => Code::UpstreamTimeout,
+            ModelError::Connect(_) => Code::UpstreamUnreachable,
+            ModelError::Malformed(_) => Code::UpstreamMalformed,
+            ModelError::Closed => Code::ShuttingDown,
         }
+    }
+
+    /// The code as a string, for usage rows and metrics.
+    pub fn code(&self) -> &'static str {
+        self.error_code().as_str()
+    }
+
+    /// This error as a client sees it: its code, message and wait.
+    pub fn client_error(&self) -> crate::error::ClientError {
+        crate::error::ClientError::new(self.error_code(), self.to_string())
+            .with_retry_after(self.retry_after_secs().map(std::time::Duration::from_secs))
     }
 
     /// The kind of failure, for `kb_model_upstream_errors_total`.
@@ -130,18 +142,6 @@ impl ModelError {
             } => Some(s.max(1.0).ceil() as u64),
             _ => None,
         }
-    }
-
-    /// The wait named in an error message made by `Display` above ("retry after N s"), for
-    /// layers that only carry the code and message (the answer event stream).
-    pub fn retry_after_in_message(message: &str) -> Option<u64> {
-        let rest = &message[message.rfind("retry after ")? + "retry after ".len()..];
-        let n: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-        rest[n.len()..]
-            .starts_with(" s")
-            .then(|| n.parse::<u64>().ok())
-            .flatten()
-            .map(|n| n.max(1))
     }
 }
 
@@ -306,41 +306,48 @@ mod tests {
     use kb_ingest::TokenCounter;
 
     #[test]
-    fn retry_after_travels_in_the_message() {
-        for e in [
-            ModelError::Overloaded {
-                upstream: "chat:m".into(),
-                retry_after_secs: 3.0,
-            },
-            ModelError::CircuitOpen {
-                upstream: "chat:m".into(),
-                retry_after_secs: 3.0,
-            },
-            ModelError::RateLimited {
-                retry_after_secs: Some(3.0),
-                cap_secs: None,
-            },
+    fn retry_after_travels_typed_to_the_client_error() {
+        use crate::error::Code;
+        for (e, code) in [
+            (
+                ModelError::Overloaded {
+                    upstream: "chat:m".into(),
+                    retry_after_secs: 3.0,
+                },
+                Code::Overloaded,
+            ),
+            (
+                ModelError::CircuitOpen {
+                    upstream: "chat:m".into(),
+                    retry_after_secs: 3.0,
+                },
+                Code::UpstreamUnavailable,
+            ),
+            (
+                ModelError::RateLimited {
+                    retry_after_secs: Some(3.0),
+                    cap_secs: None,
+                },
+                Code::UpstreamRateLimited,
+            ),
         ] {
             assert_eq!(e.retry_after_secs(), Some(3));
-            assert_eq!(
-                ModelError::retry_after_in_message(&e.to_string()),
-                Some(3),
-                "{e}"
-            );
+            let c = e.client_error();
+            assert_eq!(c.code, code);
+            assert_eq!(c.retry_after_secs(), Some(3), "{e}");
         }
         let over = ModelError::RateLimited {
             retry_after_secs: Some(3600.0),
             cap_secs: Some(60.0),
         };
         assert!(!over.retryable());
-        assert_eq!(
-            ModelError::retry_after_in_message(&over.to_string()),
-            Some(3600)
-        );
-        assert_eq!(
-            ModelError::retry_after_in_message("upstream 503: busy"),
-            None
-        );
+        assert_eq!(over.client_error().retry_after_secs(), Some(3600));
+        let busy = ModelError::Upstream {
+            status: 503,
+            message: "busy".into(),
+        };
+        assert_eq!(busy.client_error().retry_after_secs(), None);
+        assert_eq!(busy.client_error().code.status().as_u16(), 502);
     }
 
     #[test]

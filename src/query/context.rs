@@ -2,7 +2,7 @@
 //! answer reserve is filled with sources by score; near-duplicates are dropped and adjacent
 //! chunks of the same document are merged. The manifest says what went in and what did not.
 
-use super::Source;
+use super::engine::Source;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 

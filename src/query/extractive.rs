@@ -2,7 +2,7 @@
 //! best covers the question (a window of one to three sentences), with its citation, and
 //! declines when no passage covers enough of the question.
 
-use super::Source;
+use super::engine::Source;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 

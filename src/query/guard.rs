@@ -5,8 +5,8 @@
 //! when source 1 never says so) fails it; the answer is then replaced by the extractive answer
 //! or by a decline, and `done.guard` says which.
 
+use super::engine::{citations_in, Source};
 use super::extractive::{matches_term, sentences, stem, terms, words};
-use super::{citations_in, Source};
 use serde::Serialize;
 use std::collections::HashSet;
 

@@ -1,7 +1,7 @@
 //! The grounded-answer prompt. Sources are numbered and fenced; their text is data, never
 //! instructions.
 
-use super::Source;
+use super::engine::Source;
 use crate::models::Message;
 
 pub const PROMPT_VERSION: &str = "answer-v1";

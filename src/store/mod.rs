@@ -32,7 +32,18 @@ pub enum SearchMode {
     Hybrid,
     Dense,
     /// BM25 only.
+    #[serde(alias = "bm25")]
     Sparse,
+}
+
+impl std::fmt::Display for SearchMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SearchMode::Hybrid => "hybrid",
+            SearchMode::Dense => "dense",
+            SearchMode::Sparse => "sparse",
+        })
+    }
 }
 
 impl SearchMode {

@@ -1,0 +1,180 @@
+//! Collections and their documents: list, inspect, upload (`upload.rs`), delete.
+
+use super::error::{ApiError, ErrorBody};
+use super::http::AppState;
+use super::upload;
+use super::validate::valid_collection;
+use crate::catalog::{CollectionInfo, DocumentView};
+use crate::error::Code;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/collections", get(list_collections))
+        .route("/v1/collections/{collection}", get(get_collection))
+        .route(
+            "/v1/collections/{collection}/documents",
+            post(upload::upload)
+                .get(list_documents)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/v1/documents/{id}",
+            get(get_document).delete(delete_document),
+        )
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CollectionList {
+    pub collections: Vec<CollectionInfo>,
+}
+
+/// A collection with its counts.
+#[derive(Serialize, ToSchema)]
+pub struct CollectionDetail {
+    #[serde(flatten)]
+    pub info: CollectionInfo,
+    /// Chunks of the live document versions (catalog).
+    pub chunks: i64,
+    /// Points in the collection's index.
+    pub points: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DocumentList {
+    pub collection: String,
+    pub documents: Vec<DocumentView>,
+}
+
+/// Every collection.
+#[utoipa::path(
+    get,
+    path = "/v1/collections",
+    tag = "collections",
+    responses(
+        (status = 200, description = "Every collection", body = CollectionList),
+        (status = 500, description = "`internal_error` (details in the server log)", body = ErrorBody),
+    )
+)]
+pub(super) async fn list_collections(
+    State(core): State<AppState>,
+) -> Result<Json<CollectionList>, ApiError> {
+    let collections = core.catalog.collections().await?;
+    Ok(Json(CollectionList { collections }))
+}
+
+/// A collection with its counts: `chunks` (catalog, live versions) and `points` (index).
+#[utoipa::path(
+    get,
+    path = "/v1/collections/{collection}",
+    tag = "collections",
+    params(("collection" = String, Path, description = "Collection name: 1-64 letters, digits, `_`, `-`, `.`, starting with a letter or digit")),
+    responses(
+        (status = 200, description = "The collection", body = CollectionDetail),
+        (status = 400, description = "`invalid_collection`", body = ErrorBody),
+        (status = 404, description = "`collection_not_found`", body = ErrorBody),
+        (status = 500, description = "`internal_error` (details in the server log)", body = ErrorBody),
+    )
+)]
+pub(super) async fn get_collection(
+    State(core): State<AppState>,
+    Path(collection): Path<String>,
+) -> Result<Json<CollectionDetail>, ApiError> {
+    valid_collection(&collection)?;
+    let Some(info) = core.catalog.collection(&collection).await? else {
+        return Err(ApiError::collection_not_found(&collection));
+    };
+    let chunks = core.catalog.live_chunks(&collection).await?;
+    let points = match core.store.count(&collection, None).await {
+        Ok(n) => n as i64,
+        Err(crate::store::StoreError::NoCollection(_)) => 0,
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    Ok(Json(CollectionDetail {
+        info,
+        chunks,
+        points,
+    }))
+}
+
+/// The documents of a collection.
+#[utoipa::path(
+    get,
+    path = "/v1/collections/{collection}/documents",
+    tag = "collections",
+    params(("collection" = String, Path, description = "Collection name: 1-64 letters, digits, `_`, `-`, `.`, starting with a letter or digit")),
+    responses(
+        (status = 200, description = "The documents, with the state of their newest version", body = DocumentList),
+        (status = 400, description = "`invalid_collection`", body = ErrorBody),
+        (status = 404, description = "`collection_not_found`", body = ErrorBody),
+        (status = 500, description = "`internal_error` (details in the server log)", body = ErrorBody),
+    )
+)]
+pub(super) async fn list_documents(
+    State(core): State<AppState>,
+    Path(collection): Path<String>,
+) -> Result<Json<DocumentList>, ApiError> {
+    valid_collection(&collection)?;
+    if core.catalog.collection(&collection).await?.is_none() {
+        return Err(ApiError::collection_not_found(&collection));
+    }
+    let documents = core.catalog.documents(&collection).await?;
+    Ok(Json(DocumentList {
+        collection,
+        documents,
+    }))
+}
+
+fn document_not_found(id: &str) -> ApiError {
+    ApiError::new(Code::DocumentNotFound, format!("no document `{id}`"))
+}
+
+/// A document: its live version (if any) and its newest one.
+#[utoipa::path(
+    get,
+    path = "/v1/documents/{id}",
+    tag = "collections",
+    params(("id" = String, Path, description = "Document id")),
+    responses(
+        (status = 200, description = "The document", body = DocumentView),
+        (status = 404, description = "`document_not_found`", body = ErrorBody),
+        (status = 500, description = "`internal_error` (details in the server log)", body = ErrorBody),
+    )
+)]
+pub(super) async fn get_document(
+    State(core): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<DocumentView>, ApiError> {
+    match core.catalog.document(&id).await? {
+        Some(d) => Ok(Json(d)),
+        None => Err(document_not_found(&id)),
+    }
+}
+
+/// Delete a document and all its versions; its chunks leave the index.
+#[utoipa::path(
+    delete,
+    path = "/v1/documents/{id}",
+    tag = "collections",
+    params(("id" = String, Path, description = "Document id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`document_not_found`", body = ErrorBody),
+        (status = 500, description = "`internal_error` (details in the server log)", body = ErrorBody),
+    )
+)]
+pub(super) async fn delete_document(
+    State(core): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    match core.delete_document(&id).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(document_not_found(&id)),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}

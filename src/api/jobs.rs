@@ -1,0 +1,153 @@
+//! Ingestion jobs: their state, and their progress as server-sent events.
+
+use super::error::{ApiError, ErrorBody};
+use super::http::AppState;
+use crate::catalog::JobRow;
+use crate::error::Code;
+use axum::extract::{Path, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use std::convert::Infallible;
+use std::time::Duration;
+use utoipa::ToSchema;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/events", get(job_events))
+}
+
+/// Sent once the job's document was deleted; the stream ends.
+#[derive(Serialize, ToSchema)]
+pub struct JobDeleted {
+    pub id: String,
+    #[schema(example = "deleted")]
+    pub status: String,
+}
+
+/// The events of `GET /v1/jobs/{id}/events` (`text/event-stream`): `progress` with the job's
+/// current state, first at once and then on every change; the stream ends after a `progress`
+/// whose status is `done` or `failed`, or after `deleted`. Comments (`: keep-alive`) keep idle
+/// connections open. Here an event is written as `{"event": name, "data": ...}` (this type
+/// describes the stream for the OpenAPI document).
+#[derive(ToSchema)]
+#[serde(tag = "event", content = "data", rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum JobStreamEvent {
+    /// The job's state (the same object as `GET /v1/jobs/{id}`).
+    Progress(Box<JobRow>),
+    /// The job's document was deleted: no more progress will come.
+    Deleted(JobDeleted),
+}
+
+fn job_not_found(id: &str) -> ApiError {
+    ApiError::new(Code::JobNotFound, format!("no job `{id}`"))
+}
+
+/// An ingestion job's state.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id (from the upload response)")),
+    responses(
+        (status = 200, description = "The job", body = JobRow),
+        (status = 404, description = "`job_not_found`", body = ErrorBody),
+        (status = 500, description = "`internal_error` (details in the server log)", body = ErrorBody),
+    )
+)]
+pub(super) async fn get_job(
+    State(core): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobRow>, ApiError> {
+    match core.catalog.job(&id).await? {
+        Some(j) => Ok(Json(j)),
+        None => Err(job_not_found(&id)),
+    }
+}
+
+fn terminal(status: &str) -> bool {
+    status == "done" || status == "failed"
+}
+
+fn progress(row: &JobRow) -> Event {
+    Event::default()
+        .event("progress")
+        .json_data(row)
+        .expect("serialisable job")
+}
+
+/// An ingestion job's progress as server-sent events.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/events",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id (from the upload response)")),
+    responses(
+        (status = 200, description = "Server-sent events: `progress` (data: the job, as `GET /v1/jobs/{id}`) at once and on every change, until one with status `done` or `failed`; or `deleted` (data: `{\"id\", \"status\": \"deleted\"}`) when the job's document was deleted. `: keep-alive` comments keep the connection open. The schema shows each event as `{\"event\": name, \"data\": ...}`", body = JobStreamEvent, content_type = "text/event-stream"),
+        (status = 404, description = "`job_not_found`", body = ErrorBody),
+        (status = 500, description = "`internal_error` (details in the server log)", body = ErrorBody),
+    )
+)]
+pub(super) async fn job_events(
+    State(core): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    // Subscribe before reading the current state so no update is missed in between.
+    let mut rx = core.ingestor.events.subscribe();
+    let Some(first) = core.catalog.job(&id).await? else {
+        return Err(job_not_found(&id));
+    };
+    let keep_alive = core.config.server.keep_alive_secs;
+    let stream = async_stream::stream! {
+        let done = terminal(&first.status);
+        yield Ok::<Event, Infallible>(progress(&first));
+        if done {
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            let next = tokio::select! {
+                r = rx.recv() => r,
+                _ = tick.tick() => {
+                    // A job whose document was deleted sends nothing more: notice, and end.
+                    if matches!(core.catalog.job(&id).await, Ok(None)) {
+                        let gone = JobDeleted { id: id.clone(), status: "deleted".into() };
+                        yield Ok(Event::default().event("deleted").json_data(gone).expect("serialisable"));
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match next {
+                Ok(row) if row.id == id => {
+                    let end = terminal(&row.status);
+                    yield Ok(progress(&row));
+                    if end {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Missed some: resend the current state.
+                    if let Ok(Some(row)) = core.catalog.job(&id).await {
+                        let end = terminal(&row.status);
+                        yield Ok(progress(&row));
+                        if end { return; }
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    };
+    Ok(Sse::new(stream)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(keep_alive))
+                .text("keep-alive"),
+        )
+        .into_response())
+}
