@@ -6,7 +6,14 @@ mod cli;
 use clap::Parser;
 use cli::{Cli, Cmd};
 use kb::config::{Config, Overrides};
+use std::io::IsTerminal;
 use std::process::ExitCode;
+
+/// Colour the log only on a terminal, and not when `NO_COLOR` is set to anything but "" (a log
+/// file or a pipe gets no escape codes).
+fn use_ansi(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
 
 fn init_tracing(cfg: &Config, quiet: bool) {
     use tracing_subscriber::EnvFilter;
@@ -18,8 +25,13 @@ fn init_tracing(cfg: &Config, quiet: bool) {
         spec.push_str(",qdrant_edge::common=error");
     }
     let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new(default));
+    let ansi = use_ansi(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR"),
+    );
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if cfg.log.format == "json" {
         b.json().init();
@@ -59,5 +71,22 @@ fn main() -> ExitCode {
             eprintln!("kb: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::use_ansi;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_ansi(true, None));
+        assert!(
+            use_ansi(true, Some("".into())),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!use_ansi(true, Some("1".into())));
+        assert!(!use_ansi(false, None));
+        assert!(!use_ansi(false, Some("1".into())));
     }
 }

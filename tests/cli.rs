@@ -300,3 +300,19 @@ fn docs_list_and_delete() {
         "an unreachable server is an error"
     );
 }
+
+/// A log that goes to a file, not a terminal, carries no ANSI colour codes.
+#[test]
+fn log_file_has_no_colour_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("serve.log");
+    // An empty NO_COLOR counts as unset (no-color.org): only "not a terminal" can turn colour off.
+    let mut s = Server::start_logging_to(&[("KB_LOG", "info"), ("NO_COLOR", "")], &log);
+    s.stop();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("kb listening") && text.contains("index flushed"),
+        "kb serve logs at info: {text}"
+    );
+    assert!(!text.contains("\x1b["), "colour codes in the log: {text:?}");
+}
