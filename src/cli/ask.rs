@@ -1,7 +1,9 @@
 //! `kb ask`: ask a question, streaming the answer to stdout and the sources to stderr.
 
 use super::remote::Remote;
+use anyhow::Context;
 use clap::Args;
+use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use kb::config::Config;
 use kb::query::{AskEvent, AskParams, SearchParams};
@@ -75,31 +77,23 @@ pub async fn run(cfg: Config, args: AskArgs) -> anyhow::Result<ExitCode> {
                 v["error"]["message"].as_str().unwrap_or("request failed")
             );
         }
-        let mut stream = resp.bytes_stream();
-        let mut buf = String::new();
-        let mut event = String::new();
-        while let Some(chunk) = stream.next().await {
-            buf.push_str(&String::from_utf8_lossy(&chunk?));
-            while let Some(pos) = buf.find('\n') {
-                let line: String = buf.drain(..=pos).collect();
-                let line = line.trim_end_matches(['\r', '\n']);
-                if let Some(e) = line.strip_prefix("event:") {
-                    event = e.trim().to_string();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    let v: serde_json::Value = serde_json::from_str(d.trim()).unwrap_or_default();
-                    match event.as_str() {
-                        "token" if !json_out => {
-                            print!("{}", v["text"].as_str().unwrap_or(""));
-                            out.flush().ok();
-                        }
-                        "sources" => sources = v,
-                        "done" => done = v,
-                        "error" => {
-                            anyhow::bail!("{}", v["error"]["message"].as_str().unwrap_or("error"))
-                        }
-                        _ => {}
-                    }
+        // Events are parsed from the byte stream as a whole: a network chunk may end inside an
+        // event or inside a UTF-8 character.
+        let mut events = resp.bytes_stream().eventsource();
+        while let Some(ev) = events.next().await {
+            let ev = ev.context("reading the answer stream")?;
+            let v: serde_json::Value = serde_json::from_str(ev.data.trim()).unwrap_or_default();
+            match ev.event.as_str() {
+                "token" if !json_out => {
+                    print!("{}", v["text"].as_str().unwrap_or(""));
+                    out.flush().ok();
                 }
+                "sources" => sources = v,
+                "done" => done = v,
+                "error" => {
+                    anyhow::bail!("{}", v["error"]["message"].as_str().unwrap_or("error"))
+                }
+                _ => {}
             }
         }
     } else {
