@@ -300,3 +300,99 @@ fn docs_list_and_delete() {
         "an unreachable server is an error"
     );
 }
+
+/// A log that goes to a file, not a terminal, carries no ANSI colour codes.
+#[test]
+fn log_file_has_no_colour_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("serve.log");
+    // An empty NO_COLOR counts as unset (no-color.org): only "not a terminal" can turn colour off.
+    let mut s = Server::start_logging_to(&[("KB_LOG", "info"), ("NO_COLOR", "")], &log);
+    s.stop();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("kb listening") && text.contains("index flushed"),
+        "kb serve logs at info: {text}"
+    );
+    assert!(!text.contains("\x1b["), "colour codes in the log: {text:?}");
+}
+
+/// `kb ask --server` reassembles an answer whose bytes arrive cut anywhere: inside a UTF-8
+/// character, inside an event. The server here is scripted, writing its pieces 100 ms apart so
+/// that each reaches the client as a chunk of its own.
+#[test]
+fn ask_server_reassembles_split_characters() {
+    use axum::{body::Body, response::Response, routing::post, Router};
+    use futures::StreamExt;
+    const PIECES: &[&[u8]] = &[
+        // "è" is C3 A8, "—" E2 80 94, "€" E2 82 AC.
+        b": keep-alive\n\nevent: meta\ndata: {}\n\nevent: token\ndata: {\"text\":\"Cr\xc3",
+        b"\xa8me br\xc3\xbbl\xc3\xa9e\"}\n\nevent: tok",
+        b"en\ndata: {\"text\":\" \xe2\x80",
+        b"\x94 5 \xe2",
+        b"\x82\xac\"}\n\nevent: sources\ndata: []\n\nevent: done\ndata: {\"declined\":false}\n\n",
+    ];
+    let app = Router::new().route(
+        "/v1/ask",
+        post(|| async {
+            let body = futures::stream::iter(PIECES).then(|p| async move {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(p))
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(body))
+                .unwrap()
+        }),
+    );
+    let base = serve_upstream(app);
+    let base = base.strip_suffix("/v1").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = kb(tmp.path(), &["ask", "--server", base, "dessert?"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Crème brûlée — 5 €\n");
+}
+
+/// A running server's answer, through `kb ask --server`, is what `kb ask` prints on the same
+/// data dir, multi-byte characters included.
+#[test]
+fn ask_server_prints_the_in_process_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = tmp.path().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(
+        docs.join("café.md"),
+        "# Café\n\nThe café by the quay opens at 07:15 — its crème brûlée costs 5 €.\n",
+    )
+    .unwrap();
+    let question = "When does the café by the quay open?";
+    let mut s = Server::start();
+    let out = kb(
+        tmp.path(),
+        &["ingest", "--server", &s.base, docs.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let remote = kb(tmp.path(), &["ask", "--server", &s.base, question]);
+    s.stop();
+    let local = kb(&s.data_dir, &["ask", question]);
+    assert!(
+        remote.status.success() && local.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&remote.stderr),
+        String::from_utf8_lossy(&local.stderr)
+    );
+    let answer = String::from_utf8(local.stdout).unwrap();
+    assert!(
+        answer.contains("07:15 — its crème brûlée costs 5 €"),
+        "{answer}"
+    );
+    assert_eq!(String::from_utf8(remote.stdout).unwrap(), answer);
+}
