@@ -6,7 +6,7 @@ pub mod governor;
 pub mod local_chat;
 pub mod local_embed;
 pub mod openai;
-pub mod redis_buckets;
+pub use governor::redis_buckets;
 
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
