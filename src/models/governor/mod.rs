@@ -28,7 +28,7 @@ pub use call::Call;
 pub use policy::Policy;
 pub use queue::{Permit, Upstream};
 
-use super::{ModelError, Priority, Result};
+use super::{ModelError, Priority, Result, TimeoutKind};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -138,7 +138,7 @@ impl Upstream {
                             call.retries += 1;
                             self.stats.lock().unwrap().retries += 1;
                         }
-                        Ok(_) => return Err(call.fail(ModelError::Timeout("total"))),
+                        Ok(_) => return Err(call.fail(ModelError::Timeout(TimeoutKind::Total))),
                         Err(e) => return Err(call.fail(e)),
                     }
                 }

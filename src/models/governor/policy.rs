@@ -82,6 +82,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::TimeoutKind;
     use rand::SeedableRng;
 
     #[test]
@@ -130,11 +131,13 @@ mod tests {
             .wait_before_retry(ModelError::Connect("refused".into()), 0)
             .is_ok());
         assert!(p
-            .wait_before_retry(ModelError::Timeout("first token"), 0)
+            .wait_before_retry(ModelError::Timeout(TimeoutKind::FirstToken), 0)
             .is_ok());
-        assert!(p.wait_before_retry(ModelError::Timeout("idle"), 0).is_err());
         assert!(p
-            .wait_before_retry(ModelError::Timeout("total"), 0)
+            .wait_before_retry(ModelError::Timeout(TimeoutKind::Idle), 0)
+            .is_err());
+        assert!(p
+            .wait_before_retry(ModelError::Timeout(TimeoutKind::Total), 0)
             .is_err());
         assert!(p.wait_before_retry(status(503), p.max_retries).is_err());
         let rl = |s: Option<f64>| ModelError::RateLimited {
