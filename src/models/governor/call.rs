@@ -40,7 +40,7 @@ impl Call {
         if self.ttft.is_none() {
             let d = self.started.elapsed();
             self.ttft = Some(d);
-            self.up.stats.lock().unwrap().ttft.observe(d.as_secs_f64());
+            self.up.stats.lock().unwrap().first_token(d.as_secs_f64());
         }
     }
 
