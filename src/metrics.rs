@@ -1,177 +1,238 @@
-//! Prometheus text-format metrics: request counts and latency per route and status, the answer
-//! and embedding caches, ingestion throughput. (Model calls are counted by the governor.)
+//! Prometheus metrics: request counts and latency per route and status, the answer and
+//! embedding caches, ingestion throughput. (Model calls are counted by the governor.)
+//!
+//! The series live in prometheus-client metrics and are written by its encoder in the
+//! Prometheus text format, version 0.0.4 (so label values are escaped as the format requires).
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Latency buckets, seconds.
 const BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-#[derive(Default)]
-struct Histogram {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS.iter().copied())
 }
 
-impl Histogram {
-    fn observe(&mut self, seconds: f64) {
-        if self.counts.is_empty() {
-            self.counts = vec![0; BUCKETS.len()];
-        }
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if seconds <= *b {
-                self.counts[i] += 1;
-            }
-        }
-        self.sum += seconds;
-        self.count += 1;
-    }
+/// The labels of an HTTP request's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Request {
+    method: String,
+    route: String,
+    status: u16,
 }
 
-#[derive(Default)]
+type Kind = [(&'static str, &'static str); 1];
+
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, String, u16), Histogram>>,
+    registry: Registry,
+    requests: Family<Request, Counter>,
+    request_duration: Family<Request, Histogram, fn() -> Histogram>,
     /// Answer cache lookups: [exact, semantic] x [hit, miss].
-    answer_cache: [[AtomicU64; 2]; 2],
+    answer_cache: [[Counter; 2]; 2],
     /// Chunks whose embedding was computed, and reused from the embedding cache.
-    chunks_embedded: AtomicU64,
-    chunks_reused: AtomicU64,
-    documents_indexed: AtomicU64,
-    chunks_indexed: AtomicU64,
+    chunks_embedded: Counter,
+    chunks_reused: Counter,
+    documents_indexed: Counter,
+    chunks_indexed: Counter,
     /// Embedding calls of ingestion (one per batch of chunks not in the cache).
-    ingest_embedding: Mutex<Histogram>,
+    ingest_embedding: Histogram,
+}
+
+/// `help` without its final full stop: the registry adds one.
+fn help(text: &str) -> &str {
+    text.strip_suffix('.').unwrap_or(text)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let hits = Family::<Kind, Counter>::default();
+        let misses = Family::<Kind, Counter>::default();
+        let kinds: [Kind; 2] = [[("kind", "exact")], [("kind", "semantic")]];
+        // Both kinds are shown from the start, at zero.
+        let answer_cache =
+            kinds.map(|k| [hits.get_or_create_owned(&k), misses.get_or_create_owned(&k)]);
+        // Names of counters go without `_total`: the encoder appends it.
+        registry.register(
+            "kb_answer_cache_hits",
+            help("Answer cache lookups that found an answer, by kind."),
+            hits,
+        );
+        registry.register(
+            "kb_answer_cache_misses",
+            help(
+                "Answer cache lookups that found none, by kind (semantic: only when switched on).",
+            ),
+            misses,
+        );
+        let chunks = Family::<Kind, Counter>::default();
+        let chunks_embedded = chunks.get_or_create_owned(&[("result", "embedded")]);
+        let chunks_reused = chunks.get_or_create_owned(&[("result", "reused")]);
+        registry.register(
+            "kb_embedding_cache_chunks",
+            help("Chunks being indexed: embedded, or reused from the embedding cache."),
+            chunks,
+        );
+        let documents_indexed = Counter::default();
+        registry.register(
+            "kb_ingest_documents",
+            help("Document versions indexed (gone live)."),
+            documents_indexed.clone(),
+        );
+        let chunks_indexed = Counter::default();
+        registry.register(
+            "kb_ingest_chunks",
+            help("Chunks of the document versions indexed."),
+            chunks_indexed.clone(),
+        );
+        let ingest_embedding = histogram();
+        registry.register(
+            "kb_ingest_embedding_seconds",
+            help("Ingestion embedding calls (one per batch of chunks not in the cache)."),
+            ingest_embedding.clone(),
+        );
+        let requests = Family::<Request, Counter>::default();
+        registry.register(
+            "kb_http_requests",
+            help("HTTP requests by route and status."),
+            requests.clone(),
+        );
+        let request_duration =
+            Family::<Request, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
+        registry.register(
+            "kb_http_request_duration_seconds",
+            help("HTTP request latency (to the end of headers for streams)."),
+            request_duration.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            answer_cache,
+            chunks_embedded,
+            chunks_reused,
+            documents_indexed,
+            chunks_indexed,
+            ingest_embedding,
+        }
+    }
 }
 
 impl Metrics {
     pub fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        let mut m = self.requests.lock().unwrap();
-        m.entry((method.to_string(), route.to_string(), status))
-            .or_default()
+        let labels = Request {
+            method: method.to_string(),
+            route: route.to_string(),
+            status,
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.request_duration
+            .get_or_create(&labels)
             .observe(seconds);
     }
 
     /// An answer cache lookup of `kind` (`exact` or `semantic`) found an answer or not.
     pub fn answer_cache(&self, kind: &str, hit: bool) {
         let k = usize::from(kind == "semantic");
-        self.answer_cache[k][usize::from(!hit)].fetch_add(1, Ordering::Relaxed);
+        self.answer_cache[k][usize::from(!hit)].inc();
     }
 
     /// Chunks of one ingestion batch: sent to the embedder, and found in the embedding cache.
     pub fn embedding_cache(&self, embedded: u64, reused: u64) {
-        self.chunks_embedded.fetch_add(embedded, Ordering::Relaxed);
-        self.chunks_reused.fetch_add(reused, Ordering::Relaxed);
+        self.chunks_embedded.inc_by(embedded);
+        self.chunks_reused.inc_by(reused);
     }
 
     /// One ingestion embedding call took `seconds`.
     pub fn ingest_embedding(&self, seconds: f64) {
-        self.ingest_embedding.lock().unwrap().observe(seconds);
+        self.ingest_embedding.observe(seconds);
     }
 
     /// A document version went live with `chunks` chunks.
     pub fn indexed(&self, chunks: u64) {
-        self.documents_indexed.fetch_add(1, Ordering::Relaxed);
-        self.chunks_indexed.fetch_add(chunks, Ordering::Relaxed);
-    }
-
-    fn render_counters(&self, out: &mut String) {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        for (name, help, i) in [
-            (
-                "kb_answer_cache_hits_total",
-                "Answer cache lookups that found an answer, by kind.",
-                0,
-            ),
-            (
-                "kb_answer_cache_misses_total",
-                "Answer cache lookups that found none, by kind (semantic: only when switched on).",
-                1,
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (k, kind) in ["exact", "semantic"].iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "{name}{{kind=\"{kind}\"}} {}",
-                    get(&self.answer_cache[k][i])
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP kb_embedding_cache_chunks_total Chunks being indexed: embedded, or reused from the embedding cache.\n\
-             # TYPE kb_embedding_cache_chunks_total counter\n\
-             kb_embedding_cache_chunks_total{{result=\"embedded\"}} {}\n\
-             kb_embedding_cache_chunks_total{{result=\"reused\"}} {}",
-            get(&self.chunks_embedded),
-            get(&self.chunks_reused)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP kb_ingest_documents_total Document versions indexed (gone live).\n\
-             # TYPE kb_ingest_documents_total counter\n\
-             kb_ingest_documents_total {}\n\
-             # HELP kb_ingest_chunks_total Chunks of the document versions indexed.\n\
-             # TYPE kb_ingest_chunks_total counter\n\
-             kb_ingest_chunks_total {}",
-            get(&self.documents_indexed),
-            get(&self.chunks_indexed)
-        );
-        let h = self.ingest_embedding.lock().unwrap();
-        let name = "kb_ingest_embedding_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Ingestion embedding calls (one per batch of chunks not in the cache).\n\
-             # TYPE {name} histogram"
-        );
-        for (i, b) in BUCKETS.iter().enumerate() {
-            let c = h.counts.get(i).copied().unwrap_or(0);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {c}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
-        let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", h.sum, h.count);
+        self.documents_indexed.inc();
+        self.chunks_indexed.inc_by(chunks);
     }
 
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        self.render_counters(&mut out);
-        let m = self.requests.lock().unwrap();
-        out.push_str("# HELP kb_http_requests_total HTTP requests by route and status.\n");
-        out.push_str("# TYPE kb_http_requests_total counter\n");
-        for ((method, route, status), h) in m.iter() {
-            out.push_str(&format!(
-                "kb_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {}\n",
-                h.count
-            ));
+        encode(&self.registry)
+    }
+}
+
+/// `registry` in the Prometheus text format (version 0.0.4).
+pub(crate) fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut out, registry)
+        .expect("writing metrics into a String does not fail");
+    out
+}
+
+/// Panics unless `text` is valid Prometheus text exposition (version 0.0.4): comments, and
+/// samples `name{label="value",...} number` with label values escaped, each `# TYPE` once.
+#[cfg(test)]
+pub(crate) fn assert_valid_exposition(text: &str) {
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with(|c: char| c.is_ascii_digit())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    let mut typed = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect(line);
+            assert!(name_ok(name), "{line}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line}"
+            );
+            assert!(typed.insert(name.to_string()), "TYPE twice: {line}");
+            continue;
         }
-        out.push_str("# HELP kb_http_request_duration_seconds HTTP request latency (to the end of headers for streams).\n");
-        out.push_str("# TYPE kb_http_request_duration_seconds histogram\n");
-        for ((method, route, status), h) in m.iter() {
-            let labels = format!("method=\"{method}\",route=\"{route}\",status=\"{status}\"");
-            for (i, b) in BUCKETS.iter().enumerate() {
-                out.push_str(&format!(
-                    "kb_http_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}\n",
-                    h.counts[i]
-                ));
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let end = line.find(['{', ' ']).unwrap_or(line.len());
+        assert!(name_ok(&line[..end]), "{line}");
+        let mut rest = &line[end..];
+        if let Some(labels) = rest.strip_prefix('{') {
+            let mut s = labels;
+            loop {
+                let (key, after) = s.split_once("=\"").expect(line);
+                assert!(name_ok(key), "label {key} in {line}");
+                let mut chars = after.char_indices();
+                let close = loop {
+                    match chars.next().expect(line) {
+                        (_, '\\') => {
+                            let (_, c) = chars.next().expect(line);
+                            assert!(matches!(c, '\\' | '"' | 'n'), "escape \\{c} in {line}");
+                        }
+                        (i, '"') => break i,
+                        (_, '\n') => panic!("raw newline in {line}"),
+                        _ => {}
+                    }
+                };
+                s = &after[close + 1..];
+                if let Some(more) = s.strip_prefix(',') {
+                    s = more;
+                } else {
+                    rest = s.strip_prefix('}').expect(line);
+                    break;
+                }
             }
-            out.push_str(&format!(
-                "kb_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}\n",
-                h.count
-            ));
-            out.push_str(&format!(
-                "kb_http_request_duration_seconds_sum{{{labels}}} {}\n",
-                h.sum
-            ));
-            out.push_str(&format!(
-                "kb_http_request_duration_seconds_count{{{labels}}} {}\n",
-                h.count
-            ));
         }
-        out
+        let value = rest.strip_prefix(' ').expect(line);
+        let value = value.split(' ').next().unwrap();
+        assert!(
+            value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
+            "value {value} in {line}"
+        );
     }
 }
 
@@ -190,6 +251,12 @@ mod tests {
         ));
         assert!(t.contains("status=\"200\",le=\"0.005\"} 1"));
         assert!(t.contains("status=\"200\",le=\"0.25\"} 2"));
+        assert!(t.contains("# TYPE kb_http_request_duration_seconds histogram\n"));
+        assert!(t.contains(
+            "# HELP kb_http_requests_total HTTP requests by route and status.\n\
+             # TYPE kb_http_requests_total counter\n"
+        ));
+        assert_valid_exposition(&t);
     }
 
     #[test]
@@ -216,8 +283,28 @@ mod tests {
             "kb_ingest_embedding_seconds_bucket{le=\"0.1\"} 0",
             "kb_ingest_embedding_seconds_bucket{le=\"0.25\"} 1",
             "kb_ingest_embedding_seconds_count 1",
+            "# HELP kb_ingest_embedding_seconds Ingestion embedding calls (one per batch of chunks not in the cache).",
+            "# TYPE kb_ingest_embedding_seconds histogram",
         ] {
             assert!(t.lines().any(|l| l == line), "{line} in\n{t}");
         }
+        assert_valid_exposition(&t);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::default();
+        m.observe("GET", "/a\"b\\c\nd", 404, 0.01);
+        let t = m.render();
+        assert!(
+            t.contains(
+                r#"kb_http_requests_total{method="GET",route="/a\"b\\c\nd",status="404"} 1"#
+            ),
+            "{t}"
+        );
+        assert_valid_exposition(&t);
+        // The checker itself refuses what the hand-written renderer used to write.
+        let raw = "kb_x_total{route=\"/a\"b\\c\nd\"} 1\n";
+        assert!(std::panic::catch_unwind(|| assert_valid_exposition(raw)).is_err());
     }
 }

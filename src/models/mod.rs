@@ -6,7 +6,7 @@ pub mod governor;
 pub mod local_chat;
 pub mod local_embed;
 pub mod openai;
-pub mod redis_buckets;
+pub use governor::redis_buckets;
 
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
@@ -39,13 +39,37 @@ pub enum ModelError {
         retry_after_secs: f64,
     },
     #[error("upstream {0} timeout")]
-    Timeout(&'static str),
+    Timeout(TimeoutKind),
     #[error("could not reach upstream: {0}")]
     Connect(String),
     #[error("malformed upstream response: {0}")]
     Malformed(String),
     #[error("the embedder is shutting down")]
     Closed,
+}
+
+/// Which deadline of a remote model call passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// Establishing the connection.
+    Connect,
+    /// Waiting for the response (for a stream, its first data).
+    FirstToken,
+    /// A stream went quiet between two pieces of data.
+    Idle,
+    /// The whole call, retries included.
+    Total,
+}
+
+impl std::fmt::Display for TimeoutKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TimeoutKind::Connect => "connect",
+            TimeoutKind::FirstToken => "first token",
+            TimeoutKind::Idle => "idle",
+            TimeoutKind::Total => "total",
+        })
+    }
 }
 
 fn rate_limit_detail(retry_after: Option<f64>, cap: Option<f64>) -> String {
@@ -64,7 +88,9 @@ impl ModelError {
         match self {
             ModelError::RateLimited { cap_secs, .. } => cap_secs.is_none(),
             ModelError::Connect(_) => true,
-            ModelError::Timeout(kind) => *kind == "connect" || *kind == "first token",
+            ModelError::Timeout(kind) => {
+                matches!(kind, TimeoutKind::Connect | TimeoutKind::FirstToken)
+            }
             ModelError::Upstream { status, .. } => matches!(status, 500 | 502 | 503 | 504),
             _ => false,
         }
@@ -115,10 +141,10 @@ impl ModelError {
             ModelError::Upstream { status, .. } if *status >= 500 => "server_error",
             ModelError::Upstream { .. } => "client_error",
             ModelError::RateLimited { .. } => "rate_limited",
-            ModelError::Timeout("connect") => "timeout_connect",
-            ModelError::Timeout("first token") => "timeout_first_token",
-            ModelError::Timeout("idle") => "timeout_idle",
-            ModelError::Timeout(_) => "timeout_total",
+            ModelError::Timeout(TimeoutKind::Connect) => "timeout_connect",
+            ModelError::Timeout(TimeoutKind::FirstToken) => "timeout_first_token",
+            ModelError::Timeout(TimeoutKind::Idle) => "timeout_idle",
+            ModelError::Timeout(TimeoutKind::Total) => "timeout_total",
             ModelError::Overloaded { .. } => "queue_full",
             ModelError::CircuitOpen { .. } => "breaker_open",
             other => other.code(),
@@ -348,6 +374,43 @@ mod tests {
         };
         assert_eq!(busy.client_error().retry_after_secs(), None);
         assert_eq!(busy.client_error().code.status().as_u16(), 502);
+    }
+
+    #[test]
+    fn timeouts_keep_their_words_and_codes() {
+        for (k, message, kind, retryable) in [
+            (
+                TimeoutKind::Connect,
+                "upstream connect timeout",
+                "timeout_connect",
+                true,
+            ),
+            (
+                TimeoutKind::FirstToken,
+                "upstream first token timeout",
+                "timeout_first_token",
+                true,
+            ),
+            (
+                TimeoutKind::Idle,
+                "upstream idle timeout",
+                "timeout_idle",
+                false,
+            ),
+            (
+                TimeoutKind::Total,
+                "upstream total timeout",
+                "timeout_total",
+                false,
+            ),
+        ] {
+            let e = ModelError::Timeout(k);
+            assert_eq!(e.to_string(), message);
+            assert_eq!(e.code(), "upstream_timeout");
+            assert_eq!(e.kind(), kind);
+            assert_eq!(e.retryable(), retryable, "{e}");
+            assert!(e.breaker_failure());
+        }
     }
 
     #[test]

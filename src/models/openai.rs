@@ -80,9 +80,9 @@ impl Client {
             req = req.bearer_auth(k);
         }
         let resp = match tokio::time::timeout(deadline, req.send()).await {
-            Err(_) => return Err(ModelError::Timeout("first token")),
+            Err(_) => return Err(ModelError::Timeout(TimeoutKind::FirstToken)),
             Ok(Err(e)) if e.is_connect() => return Err(ModelError::Connect(e.to_string())),
-            Ok(Err(e)) if e.is_timeout() => return Err(ModelError::Timeout("connect")),
+            Ok(Err(e)) if e.is_timeout() => return Err(ModelError::Timeout(TimeoutKind::Connect)),
             Ok(Err(e)) => return Err(ModelError::Connect(e.to_string())),
             Ok(Ok(r)) => r,
         };
@@ -205,7 +205,7 @@ fn sse_deltas(
         loop {
             let now = Instant::now();
             if now >= deadline {
-                yield Err(ModelError::Timeout("total"));
+                yield Err(ModelError::Timeout(TimeoutKind::Total));
                 return;
             }
             let wait = if got_data {
@@ -216,11 +216,11 @@ fn sse_deltas(
             let next = match tokio::time::timeout(wait, body.next()).await {
                 Err(_) => {
                     let kind = if Instant::now() >= deadline {
-                        "total"
+                        TimeoutKind::Total
                     } else if got_data {
-                        "idle"
+                        TimeoutKind::Idle
                     } else {
-                        "first token"
+                        TimeoutKind::FirstToken
                     };
                     yield Err(ModelError::Timeout(kind));
                     return;
@@ -290,7 +290,7 @@ impl OpenAiChat {
                     let attempt_start = Instant::now();
                     let left = deadline.saturating_duration_since(attempt_start);
                     if left.is_zero() {
-                        return Err(ModelError::Timeout("total"));
+                        return Err(ModelError::Timeout(TimeoutKind::Total));
                     }
                     let first_deadline = attempt_start + policy.first_token.min(left);
                     let resp = client
@@ -302,7 +302,7 @@ impl OpenAiChat {
                     loop {
                         let wait = first_deadline.saturating_duration_since(Instant::now());
                         match tokio::time::timeout(wait, s.next()).await {
-                            Err(_) => return Err(ModelError::Timeout("first token")),
+                            Err(_) => return Err(ModelError::Timeout(TimeoutKind::FirstToken)),
                             Ok(None) => return Ok((pending, s)),
                             Ok(Some(Err(e))) => return Err(e),
                             Ok(Some(Ok(d))) => {
@@ -468,13 +468,13 @@ impl OpenAiEmbedder {
                 async move {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return Err(ModelError::Timeout("total"));
+                        return Err(ModelError::Timeout(TimeoutKind::Total));
                     }
                     let resp = client.post("/embeddings", &body, left).await?;
                     let left = deadline.saturating_duration_since(Instant::now());
                     tokio::time::timeout(left, resp.json::<serde_json::Value>())
                         .await
-                        .map_err(|_| ModelError::Timeout("total"))?
+                        .map_err(|_| ModelError::Timeout(TimeoutKind::Total))?
                         .map_err(|e| ModelError::Malformed(e.to_string()))
                 }
             })

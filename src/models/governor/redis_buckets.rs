@@ -21,7 +21,7 @@
 //! failure Redis is not asked again for [`RETRY_AFTER_FAILURE`], so an outage does not add a
 //! timeout to every call.
 
-use super::governor::{BucketStore, LocalBuckets};
+use super::{BucketStore, LocalBuckets};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
