@@ -1,8 +1,6 @@
 //! The circuit breaker of one upstream: closed, open for a cooldown after enough consecutive
 //! failures, then half-open with a single probe.
 
-use super::queue::{Permit, Upstream};
-use crate::models::{ModelError, Result};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -21,7 +19,7 @@ pub(super) enum Breaker {
 
 impl Breaker {
     /// May an attempt start now? `Ok(true)`: yes, as the half-open probe.
-    fn admit(&mut self, now: Instant) -> std::result::Result<bool, Duration> {
+    pub(super) fn admit(&mut self, now: Instant) -> std::result::Result<bool, Duration> {
         match *self {
             Breaker::Closed { .. } => Ok(false),
             Breaker::Open { until } if now < until => Err(until - now),
@@ -34,7 +32,13 @@ impl Breaker {
         }
     }
 
-    fn record(&mut self, failure: bool, threshold: u32, cooldown: Duration, now: Instant) {
+    pub(super) fn record(
+        &mut self,
+        failure: bool,
+        threshold: u32,
+        cooldown: Duration,
+        now: Instant,
+    ) {
         *self = match (*self, failure) {
             (_, false) => Breaker::Closed { failures: 0 },
             (Breaker::Closed { failures }, true) if failures + 1 < threshold => Breaker::Closed {
@@ -56,50 +60,11 @@ impl Breaker {
     }
 }
 
-impl Upstream {
-    /// Pass the breaker for an attempt holding `permit`.
-    pub(super) fn admit(&self, permit: &mut Permit) -> Result<()> {
-        let mut st = self.state.lock().unwrap();
-        match st.breaker.admit(Instant::now()) {
-            Ok(probe) => {
-                permit.probe = probe;
-                Ok(())
-            }
-            Err(wait) => Err(ModelError::CircuitOpen {
-                upstream: self.name.clone(),
-                retry_after_secs: wait.as_secs_f64().ceil().max(1.0),
-            }),
-        }
-    }
-
-    /// Record an attempt's or a stream's result with the breaker.
-    pub(super) fn record(&self, err: Option<&ModelError>) {
-        let failure = err.is_some_and(ModelError::breaker_failure);
-        if err.is_some() && !failure {
-            // A refusal (4xx, 429, overloaded here) says nothing about the upstream's health.
-            if let Some(ModelError::RateLimited { .. }) = err {
-                return;
-            }
-        }
-        let mut st = self.state.lock().unwrap();
-        let before = st.breaker.gauge();
-        st.breaker.record(
-            failure,
-            self.limits.breaker_failures,
-            self.limits.breaker_cooldown,
-            Instant::now(),
-        );
-        if before != 2 && st.breaker.gauge() == 2 {
-            tracing::warn!(upstream = %self.name, cooldown_s = self.limits.breaker_cooldown.as_secs_f64(), "circuit breaker open");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::{test_limits as limits, Governor, Limits, Policy};
     use super::*;
-    use crate::models::Priority;
+    use crate::models::{ModelError, Priority};
     use std::sync::atomic::{AtomicU32, Ordering};
 
     #[test]

@@ -250,6 +250,46 @@ impl Upstream {
     }
 }
 
+/// The breaker's part of an attempt.
+impl Upstream {
+    /// Pass the breaker for an attempt holding `permit`.
+    pub(super) fn admit(&self, permit: &mut Permit) -> Result<()> {
+        let mut st = self.state.lock().unwrap();
+        match st.breaker.admit(Instant::now()) {
+            Ok(probe) => {
+                permit.probe = probe;
+                Ok(())
+            }
+            Err(wait) => Err(ModelError::CircuitOpen {
+                upstream: self.name.clone(),
+                retry_after_secs: wait.as_secs_f64().ceil().max(1.0),
+            }),
+        }
+    }
+
+    /// Record an attempt's or a stream's result with the breaker.
+    pub(super) fn record(&self, err: Option<&ModelError>) {
+        let failure = err.is_some_and(ModelError::breaker_failure);
+        if err.is_some() && !failure {
+            // A refusal (4xx, 429, overloaded here) says nothing about the upstream's health.
+            if let Some(ModelError::RateLimited { .. }) = err {
+                return;
+            }
+        }
+        let mut st = self.state.lock().unwrap();
+        let before = st.breaker.gauge();
+        st.breaker.record(
+            failure,
+            self.limits.breaker_failures,
+            self.limits.breaker_cooldown,
+            Instant::now(),
+        );
+        if before != 2 && st.breaker.gauge() == 2 {
+            tracing::warn!(upstream = %self.name, cooldown_s = self.limits.breaker_cooldown.as_secs_f64(), "circuit breaker open");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{test_limits as limits, Governor};
