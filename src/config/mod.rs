@@ -208,7 +208,7 @@ pub struct CacheConfig {
     /// in memory.
     pub redis_url: Option<String>,
     /// The semantic cache: a question within `semantic_max_distance` (cosine distance of the
-    /// embedder's vectors) of a cached one gets its answer. Off: see ARCHITECTURE.md for the
+    /// embedder's vectors) of a cached one gets its answer. Off: see docs/NOTES.md for the
     /// measured false hits.
     pub semantic: bool,
     pub semantic_max_distance: f32,
