@@ -12,9 +12,11 @@ use tower::ServiceExt;
 async fn app() -> (kb::App, tempfile::TempDir) {
     kb::set_extractor_binary(env!("CARGO_BIN_EXE_kb"));
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = kb::config::Config::default();
-    cfg.data_dir = tmp.path().join("data");
-    cfg.models_dir = common::models_dir();
+    let mut cfg = kb::config::Config {
+        data_dir: tmp.path().join("data"),
+        models_dir: common::models_dir(),
+        ..Default::default()
+    };
     cfg.embedding.threads = 1;
     (kb::App::build(cfg).await.unwrap(), tmp)
 }

@@ -4,6 +4,7 @@
 use crate::ops::exp;
 use rayon::prelude::*;
 
+/// Query rows per attention block.
 pub(crate) const AR: usize = 8;
 
 /// Self-attention of every sequence and head, without padding or masks. `qkv` rows are

@@ -57,8 +57,6 @@ pub(crate) fn linear(
     }
 }
 
-/// Query rows per attention block.
-
 /// GELU over a slice, in place.
 pub(crate) fn gelu_slice(xs: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]

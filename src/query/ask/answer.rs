@@ -18,7 +18,7 @@ use std::time::Instant;
 /// What the answer stage sends: tokens, then the answer, or a failure with its usage row.
 pub(super) enum Piece {
     Token(String),
-    Answered(Answered),
+    Answered(Box<Answered>),
     Failed(ClientError, Box<UsageRecord>),
 }
 
@@ -53,9 +53,9 @@ impl Run<'_> {
                 }
                 let record = e.record(p, "answer", model, &Usage::default(), Some(ms()),
                     first_token, false, "ok");
-                yield Piece::Answered(Answered {
+                yield Piece::Answered(Box::new(Answered {
                     text, answerer: "extractive", first_token, grounding: Some(g), guard: None, record,
-                });
+                }));
                 return;
             };
             let messages = if prep.history.is_empty() {
@@ -104,9 +104,9 @@ impl Run<'_> {
             }
             let record = e.record(p, "answer", model, &usage, Some(call_ms()), call_first, false, "ok");
             let (guard, grounding) = e.apply_guard(p, &mut text, &r.search, &r.sources).await;
-            yield Piece::Answered(Answered {
+            yield Piece::Answered(Box::new(Answered {
                 text, answerer: "llm", first_token, grounding, guard, record,
-            });
+            }));
         };
         Box::pin(s)
     }

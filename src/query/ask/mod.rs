@@ -63,7 +63,7 @@ impl QueryEngine {
                 while let Some(piece) = pieces.next().await {
                     match piece {
                         Piece::Token(t) => yield AskEvent::Token(t),
-                        Piece::Answered(a) => answered = Some(a),
+                        Piece::Answered(a) => answered = Some(*a),
                         Piece::Failed(e, record) => {
                             failed = Some((e, record));
                             break;
