@@ -63,6 +63,8 @@ codes! {
     /// OpenAI-compatible routes: the `model` names no collection.
     ModelNotFound = "model_not_found", NOT_FOUND, false, false;
     MalformedJson = "malformed_json", BAD_REQUEST, false, false;
+    /// A request body over the server's limit (2 MB for JSON).
+    BodyTooLarge = "body_too_large", PAYLOAD_TOO_LARGE, false, false;
     /// A body kb could not read as a request.
     InvalidRequest = "invalid_request", BAD_REQUEST, false, false;
     /// A well-formed JSON body with a field of the wrong type, or an unknown one.
@@ -91,7 +93,7 @@ codes! {
     UnprocessableDocument = "unprocessable_document", UNPROCESSABLE_ENTITY, false, false;
     // OpenAI-compatible request checks (each names its `param`).
     InvalidBody = "invalid_body", BAD_REQUEST, false, false;
-    BodyTooLarge = "invalid_body", PAYLOAD_TOO_LARGE, false, false;
+    InvalidBodyTooLarge = "invalid_body", PAYLOAD_TOO_LARGE, false, false;
     EmptyArray = "empty_array", BAD_REQUEST, false, false;
     NoUserMessage = "no_user_message", BAD_REQUEST, false, false;
     InvalidType = "invalid_type", BAD_REQUEST, false, false;

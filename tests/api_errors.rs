@@ -83,6 +83,14 @@ async fn refusals_get_their_codes_status_and_shape() {
             "question_too_long",
         ),
         (
+            post_json(
+                "/v1/ask",
+                &format!(r#"{{"question": "{}"}}"#, "x".repeat(3 << 20)),
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+        (
             post_json("/v1/search", r#"{"query": "q", "top_k": 0}"#),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_top_k",

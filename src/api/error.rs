@@ -120,6 +120,10 @@ where
                     format!("malformed JSON: {}", e.body_text()),
                 ),
                 JsonRejection::JsonDataError(e) => ApiError::new(Code::InvalidField, e.body_text()),
+                // Over the body limit: say so with 413 (the bytes were never all read).
+                other if other.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                    ApiError::new(Code::BodyTooLarge, other.body_text())
+                }
                 other => ApiError::new(Code::InvalidRequest, other.body_text()),
             }),
         }

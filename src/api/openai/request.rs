@@ -192,7 +192,7 @@ pub fn question_of(messages: &[Value]) -> Result<String, OpenAiError> {
 pub fn parse_request(body: Result<Bytes, BytesRejection>) -> Result<ChatRequest, OpenAiError> {
     let bytes = body.map_err(|rej| {
         let code = if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Code::BodyTooLarge
+            Code::InvalidBodyTooLarge
         } else {
             Code::InvalidBody
         };
