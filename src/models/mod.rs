@@ -130,8 +130,19 @@ impl ModelError {
     }
 
     /// This error as a client sees it: its code, message and wait.
+    /// An upstream's own error text never reaches clients (a gateway may echo the request's
+    /// headers in it): they get the status; the text is in the server log, redacted.
     pub fn client_error(&self) -> crate::error::ClientError {
-        crate::error::ClientError::new(self.error_code(), self.to_string())
+        let message = match self {
+            ModelError::Upstream { status, .. } if *status >= 500 => {
+                format!("the model API failed ({status})")
+            }
+            ModelError::Upstream { status, .. } => {
+                format!("the model API refused the request ({status})")
+            }
+            other => other.to_string(),
+        };
+        crate::error::ClientError::new(self.error_code(), message)
             .with_retry_after(self.retry_after_secs().map(std::time::Duration::from_secs))
     }
 
@@ -172,6 +183,27 @@ impl ModelError {
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// `text` with credentials blanked: bearer tokens, API keys (`sk-...`), and the values of
+/// authorization and api-key headers or fields. For upstream error text kept in logs.
+pub fn redact_secrets(text: &str) -> String {
+    static RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r#"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+|\bsk-[A-Za-z0-9_-]{6,}|((?:authorization|x-api-key|api[-_]key)["']?\s*[:=]\s*["']?)[^"',}\s]+(?:\s+[^"',}\s]+)?"#,
+        )
+        .expect("valid pattern")
+    });
+    RE.replace_all(text, |c: &regex::Captures| {
+        if let Some(p) = c.get(1) {
+            format!("{}[redacted]", p.as_str())
+        } else if let Some(p) = c.get(2) {
+            format!("{}[redacted]", p.as_str())
+        } else {
+            "[redacted]".to_string()
+        }
+    })
+    .into_owned()
+}
 
 /// Interactive requests (a user waiting on a question) go ahead of bulk ingestion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -411,6 +443,28 @@ mod tests {
             assert_eq!(e.retryable(), retryable, "{e}");
             assert!(e.breaker_failure());
         }
+    }
+
+    #[test]
+    fn upstream_text_is_redacted_and_kept_from_clients() {
+        let echoed = r#"bad request; headers: {"authorization": "Bearer sk-live-0123456789abcdef", "x-api-key": "k3y-XYZ"} Authorization: Bearer abc.def-ghi"#;
+        let r = redact_secrets(echoed);
+        for secret in ["sk-live-0123456789abcdef", "k3y-XYZ", "abc.def-ghi"] {
+            assert!(!r.contains(secret), "{secret} in {r}");
+        }
+        assert!(r.contains("bad request"), "{r}");
+        assert_eq!(redact_secrets("no secrets here"), "no secrets here");
+        let e = ModelError::Upstream {
+            status: 400,
+            message: echoed.into(),
+        };
+        let c = e.client_error();
+        assert!(
+            !c.message.contains("sk-live") && !c.message.contains("headers"),
+            "{}",
+            c.message
+        );
+        assert!(c.message.contains("400"), "{}", c.message);
     }
 
     #[test]

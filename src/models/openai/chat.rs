@@ -49,10 +49,7 @@ pub(super) fn parse_chunk(data: &str) -> Result<(Vec<ChatDelta>, bool)> {
     if let Some(err) = v.get("error") {
         return Err(ModelError::Upstream {
             status: 500,
-            message: err["message"]
-                .as_str()
-                .unwrap_or("error in stream")
-                .to_string(),
+            message: redact_secrets(err["message"].as_str().unwrap_or("error in stream")),
         });
     }
     let finished = v["choices"][0]["finish_reason"].is_string();

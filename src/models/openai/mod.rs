@@ -115,7 +115,10 @@ impl Client {
             if matches!(status, 400 | 413 | 422 | 500) && is_context_length(code, &message) {
                 return Err(ModelError::ContextLength(message));
             }
-            return Err(ModelError::Upstream { status, message });
+            return Err(ModelError::Upstream {
+                status,
+                message: redact_secrets(&message),
+            });
         }
         Ok(resp)
     }
