@@ -32,15 +32,86 @@ struct Shard {
 
 pub struct EdgeStore {
     root: PathBuf,
-    shards: RwLock<HashMap<String, Arc<Shard>>>,
+    shards: Arc<RwLock<HashMap<String, Arc<Shard>>>>,
+    /// Held (on the blocking pool, so a cancelled caller cannot release it early) while a shard
+    /// is opened or created: two first uploads to a new collection must not both create its
+    /// directory, WAL and lock (the loser failed with a WAL rename error or "in use by another
+    /// process").
+    opening: Arc<Mutex<()>>,
     bm25: Arc<EdgeBm25>,
     /// Set by `close()`: every later call fails, so nothing (a purge, say) "succeeds" on a
     /// shard that is no longer there, and no shard is reopened behind the shutdown.
-    closed: std::sync::atomic::AtomicBool,
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
+}
+
+/// A short cause for a Qdrant Edge failure text, in kb's words.
+fn cause_of(detail: &str) -> &'static str {
+    let d = detail.to_ascii_lowercase();
+    if d.contains("too many open files") || d.contains("os error 24") {
+        "too many open files"
+    } else if d.contains("no space left") || d.contains("os error 28") || d.contains("disk full") {
+        "the disk is full"
+    } else if d.contains("out of memory") || d.contains("cannot allocate") {
+        "out of memory"
+    } else if d.contains("permission denied") || d.contains("read-only file system") {
+        "the index files cannot be written"
+    } else {
+        "an internal error of the index"
+    }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// Run a Qdrant Edge call that may panic (its flush `expect`s every I/O result): a panic
+/// becomes a [`StoreError::Transient`] instead of unwinding through the shard's write lock
+/// (which would poison it: every later write would fail until a restart). The detail goes to
+/// the log, a short sentence to the caller.
+fn guarded<T>(what: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let detail = panic_text(&*p);
+            tracing::error!(operation = what, detail = %detail, "the vector index failed");
+            Err(StoreError::Transient(format!(
+                "the index could not be {what} ({})",
+                cause_of(&detail)
+            )))
+        }
+    }
+}
+
+impl Shard {
+    /// The write lock, recovered if a panic ever poisoned it: every call that panics under it
+    /// is [`guarded`], and a failed write leaves nothing the next one must repair (jobs re-run
+    /// from the top; deletes are retried).
+    fn lock_writes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write.lock().unwrap_or_else(|p| {
+            self.write.clear_poison();
+            p.into_inner()
+        })
+    }
+
+    fn flush(&self) -> Result<()> {
+        #[cfg(test)]
+        if tests::FAIL_NEXT_FLUSH.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return guarded("saved", || {
+                panic!("failed to flush: Too many open files (os error 24)")
+            });
+        }
+        guarded("saved", || {
+            self.shard.flush();
+            Ok(())
+        })
+    }
 }
 
 fn jp(key: &str) -> JsonPath {
@@ -77,9 +148,10 @@ impl EdgeStore {
         .map_err(|e| err(format!("{e:?}")))?;
         Ok(EdgeStore {
             root: root.to_path_buf(),
-            shards: RwLock::new(HashMap::new()),
+            shards: Arc::new(RwLock::new(HashMap::new())),
+            opening: Arc::new(Mutex::new(())),
             bm25: Arc::new(bm25),
-            closed: std::sync::atomic::AtomicBool::new(false),
+            closed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -179,25 +251,45 @@ impl EdgeStore {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| err(format!("store task failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        // A panic outside `guarded` (a search, say): its text is for the log, not for users.
+        tracing::error!(error = %e, "a vector index task failed");
+        StoreError::Transient("the index failed (an internal error of the index)".into())
+    })?
 }
 
 #[async_trait::async_trait]
 impl VectorStore for EdgeStore {
     async fn ensure_collection(&self, spec: &CollectionSpec) -> Result<()> {
         self.check_open()?;
-        if let Some(_s) = self.shards.read().unwrap().get(&spec.name) {
+        if self.shards.read().unwrap().contains_key(&spec.name) {
             return Ok(());
         }
-        let root = self.root.clone();
-        let spec2 = spec.clone();
-        let shard = blocking(move || EdgeStore::open_blocking(&root, &spec2)).await?;
-        let mut map = self.shards.write().unwrap();
-        map.entry(spec.name.clone())
-            .or_insert_with(|| Arc::new(shard));
-        Ok(())
+        let (root, spec, shards, opening, closed) = (
+            self.root.clone(),
+            spec.clone(),
+            self.shards.clone(),
+            self.opening.clone(),
+            self.closed.clone(),
+        );
+        blocking(move || {
+            // It guards no data: a panic while opening leaves nothing to repair.
+            let _opening = opening.lock().unwrap_or_else(|p| p.into_inner());
+            if closed.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Backend("the store is closed".into()));
+            }
+            // Another caller may have opened it while this one waited.
+            if shards.read().unwrap().contains_key(&spec.name) {
+                return Ok(());
+            }
+            let shard = EdgeStore::open_blocking(&root, &spec)?;
+            shards
+                .write()
+                .unwrap()
+                .insert(spec.name.clone(), Arc::new(shard));
+            Ok(())
+        })
+        .await
     }
 
     async fn upsert(&self, collection: &str, points: Vec<Point>) -> Result<()> {
@@ -218,13 +310,15 @@ impl VectorStore for EdgeStore {
                 let payload = serde_json::to_value(&p.payload).map_err(err)?;
                 batch.push(PointStruct::new(id, Vectors::new_named(named), payload).into());
             }
-            let _w = shard.write.lock().unwrap();
-            shard
-                .shard
-                .update(UpdateOperation::PointOperation(
-                    PointOperations::UpsertPoints(PointInsertOperations::PointsList(batch)),
-                ))
-                .map_err(err)
+            let _w = shard.lock_writes();
+            guarded("written", || {
+                shard
+                    .shard
+                    .update(UpdateOperation::PointOperation(
+                        PointOperations::UpsertPoints(PointInsertOperations::PointsList(batch)),
+                    ))
+                    .map_err(err)
+            })
         })
         .await
     }
@@ -232,9 +326,8 @@ impl VectorStore for EdgeStore {
     async fn flush(&self, collection: &str) -> Result<()> {
         let shard = self.get(collection)?;
         blocking(move || {
-            let _w = shard.write.lock().unwrap();
-            shard.shard.flush();
-            Ok(())
+            let _w = shard.lock_writes();
+            shard.flush()
         })
         .await
     }
@@ -247,15 +340,16 @@ impl VectorStore for EdgeStore {
         };
         let key = version_key.to_string();
         blocking(move || {
-            let _w = shard.write.lock().unwrap();
-            shard
-                .shard
-                .update(UpdateOperation::PointOperation(
-                    PointOperations::DeletePointsByFilter(eq("version_key", &key)),
-                ))
-                .map_err(err)?;
-            shard.shard.flush();
-            Ok(())
+            let _w = shard.lock_writes();
+            guarded("written", || {
+                shard
+                    .shard
+                    .update(UpdateOperation::PointOperation(
+                        PointOperations::DeletePointsByFilter(eq("version_key", &key)),
+                    ))
+                    .map_err(err)
+            })?;
+            shard.flush()
         })
         .await
     }
@@ -392,19 +486,105 @@ impl VectorStore for EdgeStore {
 
     async fn close(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-        let shards: Vec<Arc<Shard>> = self
-            .shards
-            .write()
-            .unwrap()
-            .drain()
-            .map(|(_, s)| s)
-            .collect();
+        let (shards, opening) = (self.shards.clone(), self.opening.clone());
         let _ = tokio::task::spawn_blocking(move || {
+            // After an open under way has finished (it sees `closed` and stops, or its shard is
+            // in the map and is flushed here).
+            let _opening = opening.lock().unwrap_or_else(|p| p.into_inner());
+            let shards: Vec<Arc<Shard>> = shards.write().unwrap().drain().map(|(_, s)| s).collect();
             for s in shards {
-                let _w = s.write.lock().unwrap();
-                s.shard.flush();
+                let _w = s.lock_writes();
+                if let Err(e) = s.flush() {
+                    tracing::error!(error = %e, "index not flushed at shutdown");
+                }
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// Test hook: the next flush panics the way Qdrant Edge's does on an I/O error.
+    pub static FAIL_NEXT_FLUSH: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    fn point(doc: &str, ord: u32) -> Point {
+        Point {
+            dense: vec![1.0, ord as f32, 0.5, 0.25],
+            payload: ChunkPayload {
+                collection: "c".into(),
+                doc_id: doc.into(),
+                doc_version: 1,
+                version_key: format!("{doc}@1"),
+                ord,
+                text: format!("passage {ord} about lighthouses"),
+                token_count: 4,
+                gen_token_count: None,
+                page: None,
+                heading: None,
+                byte_start: 0,
+                byte_end: 1,
+                content_hash: format!("{doc}-{ord}"),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_flush_is_an_error_not_a_poisoned_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EdgeStore::new(dir.path()).unwrap();
+        let spec = CollectionSpec {
+            name: "c".into(),
+            dim: 4,
+            model: "m".into(),
+        };
+        store.ensure_collection(&spec).await.unwrap();
+        store
+            .upsert("c", (0..3).map(|i| point("a", i)).collect())
+            .await
+            .unwrap();
+
+        FAIL_NEXT_FLUSH.store(true, std::sync::atomic::Ordering::SeqCst);
+        let e = store.flush("c").await.unwrap_err();
+        assert!(e.is_transient(), "{e:?}");
+        let text = e.to_string();
+        assert_eq!(text, "the index could not be saved (too many open files)");
+        assert!(!text.contains("panicked") && !text.contains("Poison"));
+
+        // Nothing is poisoned: writes, deletes and flushes work again.
+        store
+            .upsert("c", (0..2).map(|i| point("b", i)).collect())
+            .await
+            .unwrap();
+        store.flush("c").await.unwrap();
+        store.delete_version("c", "a@1").await.unwrap();
+        assert_eq!(store.count("c", None).await.unwrap(), 2);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_opens_of_a_new_collection_open_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EdgeStore::new(dir.path()).unwrap());
+        let spec = CollectionSpec {
+            name: "new".into(),
+            dim: 4,
+            model: "m".into(),
+        };
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (store, spec) = (store.clone(), spec.clone());
+                tokio::spawn(async move { store.ensure_collection(&spec).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        store.upsert("new", vec![point("a", 0)]).await.unwrap();
+        assert_eq!(store.count("new", None).await.unwrap(), 1);
+        store.close().await;
     }
 }
