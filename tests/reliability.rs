@@ -376,6 +376,9 @@ fn crash_loop_leaves_no_orphaned_or_duplicate_chunks() {
             std::thread::sleep(Duration::from_millis(rng.below(1200)));
         }
         s.kill9();
+        // The killed process's extraction child (if one was running) may hold the data dir a
+        // moment longer.
+        std::thread::sleep(Duration::from_millis(500));
         s.start_again();
     }
     // Let everything finish.

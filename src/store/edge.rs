@@ -210,10 +210,16 @@ impl EdgeStore {
             std::fs::write(&spec_path, serde_json::to_vec(&f).map_err(err)?).map_err(err)?;
         }
         // 0.7.0 never replays its WAL: what it holds is already in the flushed segments or lost.
+        // But the WAL's index is the operation number every write is stamped with, and a point
+        // ignores a write (an overwrite, a delete) numbered below its own version: a new WAL must
+        // start above every version already on disk, or deletes after a restart silently do
+        // nothing.
         let wal = dir.join("wal");
+        let next_op = Self::next_op_number(&dir.join("segments"));
         if wal.exists() {
-            let _ = std::fs::remove_dir_all(&wal);
+            std::fs::remove_dir_all(&wal).map_err(err)?;
         }
+        Self::empty_wal_starting_at(&wal, next_op)?;
         // A kill during optimize() leaves scratch segments that load() does not remove.
         let _ = std::fs::remove_dir_all(dir.join("temp_segments"));
         let shard = EdgeShard::load(&dir, Some(Self::config(spec.dim))).map_err(|e| {
@@ -240,6 +246,48 @@ impl EdgeStore {
             shard,
             write: Mutex::new(()),
         })
+    }
+
+    /// An operation number above every version the shard's segments may hold: the largest
+    /// persisted segment version, plus a margin for writes a kill interrupted mid-flush (their
+    /// points may carry versions the segment's own record does not yet show).
+    fn next_op_number(segments: &Path) -> u64 {
+        const MARGIN: u64 = 1 << 20;
+        let mut max = 0u64;
+        if let Ok(dirs) = std::fs::read_dir(segments) {
+            for d in dirs.flatten() {
+                let Ok(bytes) = std::fs::read(d.path().join("segment.json")) else {
+                    continue;
+                };
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                max = max.max(v["version"].as_u64().unwrap_or(0));
+            }
+        }
+        if max == 0 {
+            0
+        } else {
+            max + MARGIN
+        }
+    }
+
+    /// A WAL directory whose next entry is numbered `start`: one empty closed segment file,
+    /// `closed-<start>` (the WAL's segment format: the bytes `wal`, format version 0, a random
+    /// CRC seed; no entries).
+    fn empty_wal_starting_at(wal: &Path, start: u64) -> Result<()> {
+        std::fs::create_dir_all(wal).map_err(err)?;
+        if start == 0 {
+            return Ok(());
+        }
+        let mut header = vec![0u8; 4096];
+        header[..3].copy_from_slice(b"wal");
+        header[3] = 0;
+        let seed = uuid::Uuid::new_v4().as_u128() as u32;
+        header[4..8].copy_from_slice(&seed.to_le_bytes());
+        let path = wal.join(format!("closed-{start}"));
+        std::fs::write(&path, &header).map_err(err)?;
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(err)
     }
 
     fn sparse_text(p: &ChunkPayload) -> String {
@@ -563,6 +611,61 @@ pub(super) mod tests {
         store.delete_version("c", "a@1").await.unwrap();
         assert_eq!(store.count("c", None).await.unwrap(), 2);
         store.close().await;
+    }
+
+    /// The WAL is not replayed, so kb starts a new one at each open; its numbering must carry on
+    /// above the versions on disk, or a write numbered below a point's version is ignored:
+    /// deletes and overwrites after a restart did nothing (orphaned chunks that kept answering).
+    #[tokio::test]
+    async fn deletes_and_overwrites_after_a_reopen_take_effect() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = CollectionSpec {
+            name: "c".into(),
+            dim: 4,
+            model: "m".into(),
+        };
+        {
+            let store = EdgeStore::new(dir.path()).unwrap();
+            store.ensure_collection(&spec).await.unwrap();
+            // Many operations, so the points' versions are well above a fresh WAL's numbers.
+            for i in 0..40 {
+                store.upsert("c", vec![point("a", i)]).await.unwrap();
+            }
+            store.upsert("c", vec![point("b", 0)]).await.unwrap();
+            store.flush("c").await.unwrap();
+            store.close().await;
+        }
+        for round in 0..2 {
+            let store = EdgeStore::new(dir.path()).unwrap();
+            store.ensure_collection(&spec).await.unwrap();
+            if round == 0 {
+                assert_eq!(store.count("c", Some("a@1")).await.unwrap(), 40);
+                store.delete_version("c", "a@1").await.unwrap();
+                assert_eq!(store.count("c", Some("a@1")).await.unwrap(), 0);
+                // An overwrite of an older point takes effect too.
+                let mut p = point("b", 0);
+                p.payload.text = "rewritten".into();
+                store.upsert("c", vec![p]).await.unwrap();
+                store.flush("c").await.unwrap();
+            } else {
+                assert_eq!(store.count("c", Some("a@1")).await.unwrap(), 0);
+                let q = SearchQuery {
+                    collection: "c".into(),
+                    dense: Some(vec![1.0, 0.0, 0.5, 0.25]),
+                    text: "rewritten".into(),
+                    mode: SearchMode::Dense,
+                    limit: 5,
+                    candidates: 5,
+                    doc_ids: None,
+                    hidden: vec![],
+                    fusion: FusionParams::default(),
+                };
+                let hits = store.search(&q).await.unwrap();
+                assert_eq!(hits.len(), 1);
+                assert_eq!(hits[0].payload.text, "rewritten");
+            }
+            store.close().await;
+        }
     }
 
     #[tokio::test]
