@@ -37,6 +37,7 @@ pub struct Catalog {
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_caches_usage_conversations.sql"),
+    include_str!("../../migrations/0003_job_failures_and_crashes.sql"),
 ];
 
 async fn migrate(pool: &SqlitePool) -> Result<()> {
@@ -632,6 +633,7 @@ impl Catalog {
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
+    /// A run of the job starts: `attempts` (runs started) goes up. Returns it.
     pub async fn job_started(&self, id: &str) -> Result<i64> {
         let now = now_ms();
         sqlx::query("UPDATE jobs SET status = 'running', attempts = attempts + 1, error = NULL, updated_at = ? WHERE id = ?")
@@ -651,6 +653,73 @@ impl Catalog {
             .fetch_one(&self.pool)
             .await?;
         Ok(r.get(0))
+    }
+
+    /// Start-up, before jobs are queued again: every job the previous process left `running`
+    /// was interrupted. An interruption while the job was splitting its document into chunks
+    /// (in-process) counts as a crash of that job; one anywhere else does not (extraction runs
+    /// in a child process with limits, so a crash of kb there is not the document's doing).
+    /// Returns the unfinished jobs, oldest first, with (crashes, attempts).
+    pub async fn interrupted_jobs(&self) -> Result<Vec<(String, i64, i64)>> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "UPDATE jobs SET crashes = crashes + 1 WHERE status = 'running' AND stage = 'chunk'",
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE jobs SET status = 'queued' WHERE status = 'running'")
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT id, crashes, attempts FROM jobs WHERE status = 'queued' ORDER BY created_at",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    /// A run was stopped by a graceful shutdown: not a failure, not a crash.
+    pub async fn job_interrupted(&self, id: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET status = 'queued', updated_at = ? WHERE id = ? AND status = 'running'",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The run failed with an error worth retrying: the job goes back to `queued` with the
+    /// reason, to be run again later. Returns its failures so far (this one included).
+    pub async fn job_retry_later(&self, id: &str, error: &str) -> Result<i64> {
+        sqlx::query(
+            "UPDATE jobs SET status = 'queued', stage = 'queued', done = 0, failures = failures + 1,
+                 error = ?, updated_at = ? WHERE id = ? AND status = 'running'",
+        )
+        .bind(error)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        let n: Option<i64> = sqlx::query_scalar("SELECT failures FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// Failures of the job itself so far.
+    pub async fn job_failures(&self, id: &str) -> Result<i64> {
+        let n: Option<i64> = sqlx::query_scalar("SELECT failures FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(n.unwrap_or(0))
     }
 
     /// Chunks embedded and reused by the job's current attempt.

@@ -46,6 +46,8 @@ pub struct Ingestor {
     activation: tokio::sync::Mutex<()>,
     /// Serialises blob placement + registration against blob garbage collection.
     pub blob_lock: tokio::sync::Mutex<()>,
+    /// The queue `start` made: a job that failed with an error worth retrying is put back on it.
+    queue: std::sync::OnceLock<JobQueue>,
 }
 
 /// Uploaded bytes, content-addressed, so jobs can be re-run after a crash.
@@ -75,13 +77,27 @@ impl Blobs {
     }
 }
 
+/// A step that panicked: the panic text goes to the log, a sentence to the document.
+fn internal(step: &str, e: tokio::task::JoinError) -> JobError {
+    tracing::error!(error = %e, step, "an ingestion step panicked");
+    JobError::Internal(format!("kb failed while {step} this document"))
+}
+
+fn store_error_text(e: &crate::store::StoreError) -> String {
+    match e {
+        // Already a sentence of kb's own ("the index could not be saved (too many open files)").
+        crate::store::StoreError::Transient(m) => m.clone(),
+        e => format!("indexing failed: {e}"),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum JobError {
     #[error("{0}")]
     Extract(#[from] ExtractError),
     #[error("embedding failed: {0}")]
     Model(#[from] crate::models::ModelError),
-    #[error("indexing failed: {0}")]
+    #[error("{}", store_error_text(.0))]
     Store(#[from] crate::store::StoreError),
     #[error("catalog error: {0}")]
     Catalog(#[from] crate::catalog::CatalogError),
@@ -92,6 +108,13 @@ enum JobError {
     /// The document was deleted while its job ran.
     #[error("the document was deleted")]
     Gone,
+}
+
+impl JobError {
+    /// Not the document's fault and likely to pass: the job is run again later.
+    fn is_transient(&self) -> bool {
+        matches!(self, JobError::Store(e) if e.is_transient())
+    }
 }
 
 #[derive(Clone)]
@@ -140,6 +163,7 @@ impl Ingestor {
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             activation: tokio::sync::Mutex::new(()),
             blob_lock: tokio::sync::Mutex::new(()),
+            queue: std::sync::OnceLock::new(),
         }
     }
 
@@ -161,10 +185,17 @@ impl Ingestor {
                 }
             });
         }
-        JobQueue { tx }
+        let queue = JobQueue { tx };
+        let _ = self.queue.set(queue.clone());
+        queue
     }
 
     /// Crash recovery: finish pending deletions, hide unfinished versions, requeue their jobs.
+    ///
+    /// A restart, a SIGKILL or a crash does not count against a job: only its own failures do,
+    /// and crashes while it was splitting its document (see `Catalog::interrupted_jobs`). As a
+    /// last resort against a crash loop elsewhere, a job is given up after ten times
+    /// `max_attempts` runs.
     pub async fn recover(&self, queue: &JobQueue) -> anyhow::Result<usize> {
         for (collection, key) in self.catalog.hidden_version_keys().await? {
             self.visibility.hide(&collection, &key);
@@ -173,11 +204,43 @@ impl Ingestor {
             self.visibility.hide(&collection, &key);
             self.purge(&collection, &key).await;
         }
-        let jobs = self.catalog.unfinished_jobs().await?;
-        for j in &jobs {
-            queue.submit(j);
+        let jobs = self.catalog.interrupted_jobs().await?;
+        let max = self.max_attempts.max(1) as i64;
+        let mut queued = 0;
+        for (id, crashes, attempts) in &jobs {
+            let reason = if *crashes >= max {
+                Some(format!(
+                    "kb stopped {crashes} times while splitting this document into chunks; giving up"
+                ))
+            } else if *attempts >= 10 * max {
+                Some(format!(
+                    "indexing was interrupted {attempts} times; giving up"
+                ))
+            } else {
+                None
+            };
+            match reason {
+                Some(msg) => self.fail(id, &msg).await,
+                None => {
+                    queue.submit(id);
+                    queued += 1;
+                }
+            }
         }
-        Ok(jobs.len())
+        Ok(queued)
+    }
+
+    /// Fail a job for good: its version's points go (durably: a pending delete first).
+    async fn fail(&self, job_id: &str, msg: &str) {
+        let Ok(Some(job)) = self.catalog.job(job_id).await else {
+            return;
+        };
+        let key = crate::catalog::version_key(&job.doc_id, job.version);
+        self.visibility.hide(&job.collection, &key);
+        if self.catalog.job_failed(job_id, msg).await.is_ok() {
+            self.purge(&job.collection, &key).await;
+        }
+        self.emit(job_id).await;
     }
 
     /// Remove a version's points, then forget it.
@@ -227,23 +290,12 @@ impl Ingestor {
             Ok(Some(j)) if j.status == "queued" || j.status == "running" => j,
             _ => return,
         };
-        let attempts = match self.catalog.job_started(job_id).await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start job");
-                return;
-            }
-        };
-        let key = crate::catalog::version_key(&job.doc_id, job.version);
-        self.visibility.hide(&job.collection, &key);
-        if attempts as u32 > self.max_attempts {
-            let msg = format!("gave up after {} attempts", attempts - 1);
-            if self.catalog.job_failed(job_id, &msg).await.is_ok() {
-                self.purge(&job.collection, &key).await;
-            }
-            self.emit(job_id).await;
+        if let Err(e) = self.catalog.job_started(job_id).await {
+            tracing::error!(error = %e, "cannot start job");
             return;
         }
+        let key = crate::catalog::version_key(&job.doc_id, job.version);
+        self.visibility.hide(&job.collection, &key);
         self.emit(job_id).await;
         let started = Instant::now();
         match self.process(&job, &key).await {
@@ -269,20 +321,41 @@ impl Ingestor {
             }
             Err(e) if self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) => {
                 tracing::info!(job_id, error = %e, "ingestion interrupted by shutdown; resumes at the next start");
+                let _ = self.catalog.job_interrupted(job_id).await;
+            }
+            Err(e) if e.is_transient() => {
+                let failures = self.catalog.job_failures(job_id).await.unwrap_or(0) + 1;
+                if failures >= self.max_attempts.max(1) as i64 {
+                    tracing::warn!(job_id, error = %e, failures, "ingestion failed; giving up");
+                    self.fail(job_id, &e.to_string()).await;
+                    return;
+                }
+                tracing::warn!(job_id, error = %e, failures, "ingestion failed; will retry");
+                // Whatever this run indexed stays hidden; the next run deletes it first.
+                match self
+                    .catalog
+                    .job_retry_later(job_id, &format!("{e}; will retry"))
+                    .await
+                {
+                    Ok(n) => {
+                        self.emit(job_id).await;
+                        if let Some(q) = self.queue.get().cloned() {
+                            let id = job_id.to_string();
+                            let wait = Duration::from_secs(1 << n.clamp(0, 6));
+                            tokio::spawn(async move {
+                                tokio::time::sleep(wait).await;
+                                q.submit(&id);
+                            });
+                        }
+                    }
+                    Err(ce) => tracing::error!(error = %ce, "retry not recorded"),
+                }
             }
             Err(e) => {
                 tracing::warn!(job_id, error = %e, "ingestion failed");
                 // Its points must not linger (job_failed records a pending delete; purge
                 // removes them, then the key leaves the hidden set, which filters every query).
-                if self
-                    .catalog
-                    .job_failed(job_id, &e.to_string())
-                    .await
-                    .is_ok()
-                {
-                    self.purge(&job.collection, &key).await;
-                }
-                self.emit(job_id).await;
+                self.fail(job_id, &e.to_string()).await;
             }
         }
     }
@@ -312,7 +385,7 @@ impl Ingestor {
             kb_ingest::pdf::extract_isolated(&prog, &args, &bytes, &limits)
         })
         .await
-        .map_err(|e| JobError::Internal(e.to_string()))??;
+        .map_err(|e| internal("reading", e))??;
         self.catalog
             .version_extracted(
                 job_id,
@@ -326,7 +399,7 @@ impl Ingestor {
         let cfg = self.chunking.clone();
         let chunks = tokio::task::spawn_blocking(move || kb_ingest::chunk(&doc, &cfg, &*counter))
             .await
-            .map_err(|e| JobError::Internal(e.to_string()))?;
+            .map_err(|e| internal("splitting", e))?;
         if chunks.is_empty() {
             return Err(ExtractError::NoText(String::new()).into());
         }

@@ -21,6 +21,18 @@ pub enum StoreError {
     Locked(String),
     #[error("vector store error: {0}")]
     Backend(String),
+    /// Qdrant Edge gave up (it panicked) on a write, a flush or a build, typically on a
+    /// resource error (too many open files, disk full). Nothing is poisoned: a later call, or a
+    /// re-run of the job, may succeed. `0` is kb's short wording; the detail is in the log.
+    #[error("{0}")]
+    Transient(String),
+}
+
+impl StoreError {
+    /// Worth trying again later (the job is re-run), rather than failing the document.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Transient(_))
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -1,0 +1,437 @@
+//! Reliability of the store and the job layer under the background optimiser, concurrent
+//! first uploads, crashes and restarts.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn client(timeout: Duration) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(timeout)
+        .build()
+        .unwrap()
+}
+
+fn note(i: usize, words: usize) -> Vec<u8> {
+    let mut s = format!("# Note {i}\n\n");
+    for k in 0..words {
+        s.push_str(&format!(
+            "Section {k} of note {i}: the keeper of lighthouse {i} logs {k} crossings and the tide at {} metres.\n\n",
+            (i * 7 + k) % 13
+        ));
+    }
+    s.into_bytes()
+}
+
+/// While the background optimiser builds the index (it runs after a quiet second here),
+/// searches, answers, the page, listings, uploads and deletes keep answering within a few
+/// seconds: liveness, not speed.
+#[test]
+fn optimiser_never_holds_up_requests() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let s = Server::start_logging_to(
+        &[("KB_STORE__OPTIMIZE_AFTER_SECS", "1"), ("KB_LOG", "info")],
+        log.path(),
+    );
+    let (st, up) = s.upload(
+        "w",
+        &[
+            ("bashref.pdf", fixture("bashref-3pages.pdf")),
+            ("gzip.html", fixture("gzip.html")),
+            ("note.md", note(0, 40)),
+        ],
+    );
+    assert_eq!(st, 202, "{up}");
+    for d in up["documents"].as_array().unwrap() {
+        assert_eq!(s.wait_job(d["job_id"].as_str().unwrap())["status"], "done");
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let slow: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut readers = Vec::new();
+    type Req = (
+        &'static str,
+        Box<dyn Fn(&reqwest::blocking::Client, &str) -> u16 + Send>,
+    );
+    let reqs: Vec<Req> = vec![
+        (
+            "search",
+            Box::new(|c, base| {
+                c.post(format!("{base}/v1/search"))
+                    .json(
+                        &json!({"collection": "w", "query": "gzip compression level", "top_k": 5}),
+                    )
+                    .send()
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }),
+        ),
+        (
+            "ask",
+            Box::new(|c, base| {
+                c.post(format!("{base}/v1/ask"))
+                    .json(&json!({"collection": "w", "question": "What does the keeper of lighthouse 0 log?", "stream": false}))
+                    .send()
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }),
+        ),
+        (
+            "page",
+            Box::new(|c, base| {
+                ["/", "/app.js", "/style.css", "/v1/collections/w/documents"]
+                    .iter()
+                    .map(|p| {
+                        c.get(format!("{base}{p}"))
+                            .send()
+                            .map(|r| r.status().as_u16())
+                            .unwrap_or(0)
+                    })
+                    .max()
+                    .unwrap()
+            }),
+        ),
+    ];
+    for (name, f) in reqs {
+        let (stop, slow, base) = (stop.clone(), slow.clone(), s.base.clone());
+        readers.push(std::thread::spawn(move || {
+            let c = client(Duration::from_secs(20));
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let t = Instant::now();
+                let status = f(&c, &base);
+                let took = t.elapsed();
+                if status != 200 || took > Duration::from_secs(5) {
+                    slow.lock()
+                        .unwrap()
+                        .push(format!("{name}: {status} after {took:?}"));
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            n
+        }));
+    }
+
+    // Writes while the optimiser runs between them: new versions, new documents, deletes, each
+    // followed by a quiet spell long enough for the optimiser to start.
+    let writer = client(Duration::from_secs(20));
+    let timed = |what: &str, f: &mut dyn FnMut() -> u16| {
+        let t = Instant::now();
+        let status = f();
+        let took = t.elapsed();
+        if !(200..300).contains(&status) || took > Duration::from_secs(5) {
+            slow.lock()
+                .unwrap()
+                .push(format!("{what}: {status} after {took:?}"));
+        }
+    };
+    let mut docs: Vec<String> = Vec::new();
+    for round in 0..6 {
+        let files = [
+            ("note.md".to_string(), note(round + 1, 30 + 10 * round)),
+            (format!("extra-{round}.md"), note(100 + round, 60)),
+        ];
+        let mut jobs = Vec::new();
+        timed("upload", &mut || {
+            let mut form = reqwest::blocking::multipart::Form::new();
+            for (n, b) in &files {
+                form = form.part(
+                    "file",
+                    reqwest::blocking::multipart::Part::bytes(b.clone()).file_name(n.clone()),
+                );
+            }
+            match writer
+                .post(s.url("/v1/collections/w/documents"))
+                .multipart(form)
+                .send()
+            {
+                Ok(r) => {
+                    let st = r.status().as_u16();
+                    let v: Value = r.json().unwrap_or(Value::Null);
+                    for d in v["documents"].as_array().cloned().unwrap_or_default() {
+                        jobs.push(d["job_id"].as_str().unwrap_or("").to_string());
+                    }
+                    st
+                }
+                Err(_) => 0,
+            }
+        });
+        for j in &jobs {
+            let t = Instant::now();
+            let row = s.wait_job(j);
+            assert_eq!(row["status"], "done", "{row}");
+            if t.elapsed() > Duration::from_secs(60) {
+                slow.lock()
+                    .unwrap()
+                    .push(format!("job {j} took {:?}", t.elapsed()));
+            }
+        }
+        let (_, list) = s.get("/v1/collections/w/documents");
+        for d in list["documents"].as_array().unwrap() {
+            if d["name"] == format!("extra-{round}.md") {
+                docs.push(d["id"].as_str().unwrap().to_string());
+            }
+        }
+        // Quiet: the optimiser starts (its loop wakes every 2 s).
+        std::thread::sleep(Duration::from_millis(2500));
+        if round % 2 == 1 {
+            let id = docs.remove(0);
+            timed("delete", &mut || {
+                writer
+                    .delete(s.url(&format!("/v1/documents/{id}")))
+                    .send()
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for r in readers {
+        assert!(r.join().unwrap() > 5);
+    }
+    let log = std::fs::read_to_string(log.path()).unwrap();
+    let optimised = log.matches("index optimised").count();
+    assert!(
+        optimised >= 3,
+        "the optimiser ran {optimised} times:\n{log}"
+    );
+    let slow = slow.lock().unwrap();
+    assert!(
+        slow.is_empty(),
+        "requests held up while the optimiser ran: {slow:#?}"
+    );
+    let (_, c) = s.get("/v1/collections/w");
+    assert_eq!(c["points"], c["chunks"], "{c}");
+}
+
+/// 20 simultaneous first uploads to a collection that does not exist yet: its shard is created
+/// once, every upload is accepted and indexed, and the index holds exactly the catalog's chunks.
+#[test]
+fn concurrent_first_uploads_to_a_new_collection() {
+    let s = Server::start();
+    let base = s.base.clone();
+    let threads: Vec<_> = (0..20)
+        .map(|i| {
+            let base = base.clone();
+            std::thread::spawn(move || {
+                let form = reqwest::blocking::multipart::Form::new().part(
+                    "file",
+                    reqwest::blocking::multipart::Part::bytes(note(i, 3 + i % 4))
+                        .file_name(format!("n{i}.md")),
+                );
+                let r = client(Duration::from_secs(120))
+                    .post(format!("{base}/v1/collections/fresh/documents"))
+                    .multipart(form)
+                    .send()
+                    .unwrap();
+                let st = r.status().as_u16();
+                (st, r.json::<Value>().unwrap_or(Value::Null))
+            })
+        })
+        .collect();
+    let mut jobs = Vec::new();
+    let mut bad = Vec::new();
+    for t in threads {
+        let (st, v) = t.join().unwrap();
+        if st != 202 {
+            bad.push(format!("{st}: {v}"));
+            continue;
+        }
+        jobs.push(v["documents"][0]["job_id"].as_str().unwrap().to_string());
+    }
+    assert!(bad.is_empty(), "uploads refused: {bad:#?}");
+    for j in &jobs {
+        let row = s.wait_job(j);
+        assert_eq!(row["status"], "done", "{row}");
+    }
+    let (_, list) = s.get("/v1/collections/fresh/documents");
+    let docs = list["documents"].as_array().unwrap();
+    assert_eq!(docs.len(), 20);
+    assert!(docs.iter().all(|d| d["status"] == "ready"), "{list}");
+    let (_, c) = s.get("/v1/collections/fresh");
+    assert_eq!(c["points"], c["chunks"], "{c}");
+    assert!(c["chunks"].as_i64().unwrap() >= 20, "{c}");
+}
+
+fn long_doc(paragraphs: usize, topic: &str) -> Vec<u8> {
+    let mut s = String::new();
+    for i in 0..paragraphs {
+        s.push_str(&format!(
+            "Paragraph {i}. The {topic} register for berth {i} records {} arrivals before noon, and the clerk signs entry {}.\n\n",
+            i % 17,
+            i * 31 % 1009
+        ));
+    }
+    s.into_bytes()
+}
+
+/// Restarts are not the job's fault: a valid document whose job is killed mid-run (SIGKILL)
+/// more times than `jobs.max_attempts` still ends `ready` after the last restart.
+#[test]
+fn sigkills_mid_job_do_not_use_up_attempts() {
+    let mut s = Server::start();
+    let (st, up) = s.upload("k", &[("register.txt", long_doc(5000, "harbour"))]);
+    assert_eq!(st, 202, "{up}");
+    let job = up["documents"][0]["job_id"].as_str().unwrap().to_string();
+    let doc = up["documents"][0]["document_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut last = 0;
+    for kill in 0..4 {
+        wait_until("embedding under way", Duration::from_secs(180), || {
+            let (_, j) = s.get(&format!("/v1/jobs/{job}"));
+            assert!(
+                j["status"] == "running" || j["status"] == "queued",
+                "kill {kill}: the job ended before it: {j} (make the document longer)"
+            );
+            let done = j["done"].as_i64().unwrap_or(0);
+            j["stage"] == "embed" && done > last
+        });
+        let (_, j) = s.get(&format!("/v1/jobs/{job}"));
+        last = j["done"].as_i64().unwrap_or(last);
+        s.kill9();
+        s.start_again();
+    }
+    let j = s.wait_job(&job);
+    assert_eq!(j["status"], "done", "{j}");
+    assert_eq!(j["attempts"], 5, "{j}");
+    let (_, d) = s.get(&format!("/v1/documents/{doc}"));
+    assert_eq!(d["status"], "ready", "{d}");
+    let (_, c) = s.get("/v1/collections/k");
+    assert_eq!(c["points"], c["chunks"], "{c}");
+}
+
+/// A small deterministic generator (xorshift64*), so the crash points are the same every run.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn generated(rng: &mut Rng, i: usize, version: usize) -> (String, Vec<u8>) {
+    let sections = 2 + rng.below(if i.is_multiple_of(4) { 160 } else { 40 }) as usize;
+    if i.is_multiple_of(2) {
+        let mut s = format!(
+            "<html><head><title>Station {i}</title></head><body><h1>Station {i} v{version}</h1>"
+        );
+        for k in 0..sections {
+            s.push_str(&format!(
+                "<h2>Platform {k}</h2><p>Station {i} platform {k} (revision {version}) serves line {} every {} minutes; the {} kiosk opens at {}.</p>",
+                rng.below(90),
+                rng.below(30) + 1,
+                ["north", "south", "east", "west"][k % 4],
+                rng.below(12) + 5
+            ));
+        }
+        s.push_str("</body></html>");
+        (format!("station-{i}.html"), s.into_bytes())
+    } else {
+        let mut s = format!("# Orchard {i} v{version}\n\n");
+        for k in 0..sections {
+            s.push_str(&format!(
+                "## Row {k}\n\nOrchard {i} row {k} (revision {version}) holds {} trees of the {} variety, picked in week {}.\n\n",
+                rng.below(200),
+                ["russet", "pippin", "bramley", "gala"][k % 4],
+                rng.below(52) + 1
+            ));
+        }
+        (format!("orchard-{i}.md"), s.into_bytes())
+    }
+}
+
+/// Seeded crash loop: SIGKILLs at random points of a multi-document ingest (with new versions),
+/// a restart after each. Then every document is ready (or failed with a reason of kb's own),
+/// the index holds exactly the catalog's chunks, and what is not live answers nothing.
+#[test]
+fn crash_loop_leaves_no_orphaned_or_duplicate_chunks() {
+    let mut rng = Rng(0x6b62_5eed_0000_0005);
+    let mut s = Server::start_with(&[("KB_STORE__OPTIMIZE_AFTER_SECS", "1")]);
+    let docs: Vec<(String, Vec<u8>)> = (0..16).map(|i| generated(&mut rng, i, 1)).collect();
+    let files: Vec<(&str, Vec<u8>)> = docs.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    let (st, up) = s.upload("crash", &files);
+    let _ = &up;
+    assert_eq!(st, 202);
+    let started = Instant::now();
+    for round in 0..6 {
+        std::thread::sleep(Duration::from_millis(300 + rng.below(2500)));
+        if round == 1 || round == 3 {
+            // New versions while the ingest (and the previous crash's re-runs) are under way.
+            let i = (round * 5) % 16;
+            let (name, bytes) = generated(&mut rng, i, round + 1);
+            let (st, v) = s.upload("crash", &[(name.as_str(), bytes)]);
+            assert_eq!(st, 202, "{v}");
+            std::thread::sleep(Duration::from_millis(rng.below(1200)));
+        }
+        s.kill9();
+        // The killed process's extraction child (if one was running) may hold the data dir a
+        // moment longer.
+        std::thread::sleep(Duration::from_millis(500));
+        s.start_again();
+    }
+    // Let everything finish.
+    let (_, list) = s.get("/v1/collections/crash/documents");
+    for d in list["documents"].as_array().unwrap() {
+        s.wait_job(d["job_id"].as_str().unwrap());
+    }
+    let (_, list) = s.get("/v1/collections/crash/documents");
+    let list = list["documents"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 16);
+    for d in &list {
+        match d["status"].as_str().unwrap() {
+            "ready" => {}
+            "failed" => {
+                let e = d["error"].as_str().unwrap_or("");
+                assert!(
+                    !e.is_empty() && !e.contains("panicked") && !e.contains("Poison"),
+                    "{d}"
+                );
+                // A failed version answers nothing.
+                let (st, v) = s.post_json(
+                    "/v1/search",
+                    &json!({"collection": "crash", "query": d["name"], "top_k": 5, "document_ids": [d["id"]]}),
+                );
+                assert_eq!(st, 200, "{v}");
+                let id = d["id"].as_str().unwrap();
+                let live: Vec<String> = match d["live_version"].as_i64() {
+                    Some(lv) => (0..d["chunks"].as_u64().unwrap_or(0) as u32)
+                        .map(|o| kb::store::chunk_id(id, lv, o).to_string())
+                        .collect(),
+                    None => vec![],
+                };
+                for h in v["results"].as_array().unwrap() {
+                    assert!(
+                        live.contains(&h["chunk_id"].as_str().unwrap().to_string()),
+                        "hit of a version that is not live: {h}"
+                    );
+                }
+            }
+            other => panic!("document not finished: {other}: {d}"),
+        }
+    }
+    let (_, c) = s.get("/v1/collections/crash");
+    assert_eq!(c["points"], c["chunks"], "orphaned or missing chunks: {c}");
+    let hits = s.search("crash", "which variety grows in orchard 3", 3);
+    assert!(!hits.is_empty());
+    // Deleting a document removes all its points.
+    let victim = list.iter().find(|d| d["status"] == "ready").unwrap();
+    assert_eq!(
+        s.delete(&format!("/v1/documents/{}", victim["id"].as_str().unwrap())),
+        204
+    );
+    let (_, c) = s.get("/v1/collections/crash");
+    assert_eq!(c["points"], c["chunks"], "points left after a delete: {c}");
+    eprintln!("crash loop took {:?}", started.elapsed());
+}
