@@ -623,16 +623,6 @@ impl Catalog {
         }))
     }
 
-    /// Jobs that were queued or running when the process stopped, oldest first.
-    pub async fn unfinished_jobs(&self) -> Result<Vec<String>> {
-        let rows = sqlx::query(
-            "SELECT id FROM jobs WHERE status IN ('queued','running') ORDER BY created_at",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|r| r.get(0)).collect())
-    }
-
     /// A run of the job starts: `attempts` (runs started) goes up. Returns it.
     pub async fn job_started(&self, id: &str) -> Result<i64> {
         let now = now_ms();
@@ -1001,5 +991,51 @@ mod tests {
         );
         assert!(c.document("d1").await.unwrap().is_none());
         assert!(c.delete_document("d1").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn only_crashes_while_chunking_count_against_a_job() {
+        let (_d, c) = open().await;
+        let NewUpload::Created { job_id, .. } = c
+            .register_upload("c", "a.txt", "h1", 10, "d1", "j1")
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        // Killed while embedding, twice: not the document's doing.
+        for _ in 0..2 {
+            c.job_started(&job_id).await.unwrap();
+            c.job_progress(&job_id, "embed", 3, 10).await.unwrap();
+            let jobs = c.interrupted_jobs().await.unwrap();
+            assert_eq!(
+                jobs,
+                vec![(
+                    job_id.clone(),
+                    0,
+                    c.job(&job_id).await.unwrap().unwrap().attempts
+                )]
+            );
+        }
+        // Killed while splitting (in-process): one crash.
+        c.job_started(&job_id).await.unwrap();
+        c.job_progress(&job_id, "chunk", 0, 1).await.unwrap();
+        let jobs = c.interrupted_jobs().await.unwrap();
+        assert_eq!(jobs, vec![(job_id.clone(), 1, 3)]);
+        assert_eq!(c.job(&job_id).await.unwrap().unwrap().status, "queued");
+        // A failure of its own is counted apart, and the job goes back to the queue.
+        c.job_started(&job_id).await.unwrap();
+        assert_eq!(
+            c.job_retry_later(&job_id, "disk full; will retry")
+                .await
+                .unwrap(),
+            1
+        );
+        let j = c.job(&job_id).await.unwrap().unwrap();
+        assert_eq!(
+            (j.status.as_str(), j.error.as_deref()),
+            ("queued", Some("disk full; will retry"))
+        );
+        assert_eq!(c.job_failures(&job_id).await.unwrap(), 1);
     }
 }
