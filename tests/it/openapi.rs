@@ -2,8 +2,7 @@
 //! route the router serves (found in the source and confirmed on the live router), and whose
 //! described responses and server-sent events match real ones.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
