@@ -7,6 +7,39 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 step() { echo "== $* ($(( $(date +%s) - start )) s)"; }
 
+# Services this script starts (a private redis-server) are stopped on exit, however the script
+# ends. Cleanup never decides the outcome: the script exits with the status it had, non-zero
+# exactly when a step failed.
+REDIS_DIR=""
+# Stop the process whose pid is in file $1 and wait for it to be gone: SIGTERM, up to 10 s, then
+# SIGKILL. Removing its directory while it still writes there would fail ("Directory not empty").
+stop_pidfile() {
+  local pid
+  pid=$(cat "$1" 2>/dev/null) || return 0
+  [ -n "$pid" ] || return 0
+  kill "$pid" 2>/dev/null || return 0
+  for _ in $(seq 100); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  echo "== $1: pid $pid still running after 10 s, SIGKILL" >&2
+  kill -9 "$pid" 2>/dev/null || return 0
+  for _ in $(seq 50); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+}
+cleanup() {
+  local rc=$?
+  set +e
+  if [ -n "$REDIS_DIR" ]; then
+    stop_pidfile "$REDIS_DIR/redis.pid"
+    rm -rf "$REDIS_DIR" 2>/dev/null || true
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+
 step "model files"
 bash scripts/fetch-models.sh --llm "$KB_MODELS_DIR"
 export KB_TEST_MODELS_DIR="$KB_MODELS_DIR"
@@ -33,8 +66,12 @@ REDIS_DIR=$(mktemp -d)
 REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$REDIS_DIR" --save "" --appendonly no \
   --daemonize yes --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log"
-trap 'kill "$(cat "$REDIS_DIR/redis.pid" 2>/dev/null)" 2>/dev/null; rm -rf "$REDIS_DIR"' EXIT
 for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+if ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+  echo "redis-server did not start:" >&2
+  cat "$REDIS_DIR/redis.log" >&2 || true
+  exit 1
+fi
 # Set: the Redis tests run, and fail if this server cannot be reached.
 export KB_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 

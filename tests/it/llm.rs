@@ -4,11 +4,10 @@
 //! exists to produce what real servers do only occasionally — replies without optional fields,
 //! 429 with Retry-After, 5xx, streams that stall or carry garbage.
 
-mod common;
+use crate::common::*;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use common::*;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

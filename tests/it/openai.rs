@@ -1,8 +1,7 @@
 //! The OpenAI-compatible API against a real server: models, completions streamed and not,
 //! sources in the `kb` field, errors in OpenAI's shape.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const ZEPHYR: &str = "# Zephyr Deployment Guide\n\n\

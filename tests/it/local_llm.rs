@@ -3,8 +3,7 @@
 //! `scripts/fetch-models.sh --llm` (scripts/test.sh fetches it).
 #![cfg(feature = "local-llm")]
 
-mod common;
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use kb::models::local_chat::{
     resolve_model_path, LocalChat, LocalChatOptions, DEFAULT_LOCAL_MODEL,

@@ -2,8 +2,7 @@
 //! serving, and nothing already indexed changes. Hostile PDFs fail their document, never the
 //! server.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::io::Write;
 

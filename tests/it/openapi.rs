@@ -1,9 +1,9 @@
 //! `GET /openapi.json` against a real server: an OpenAPI 3.x document that describes every
 //! route the router serves (found in the source and confirmed on the live router), and whose
-//! described responses and server-sent events match real ones.
+//! described responses and server-sent events match real ones (validated as JSON Schema 2020-12
+//! by the `jsonschema` crate, with every object description closed: see `closed`).
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
@@ -120,7 +120,7 @@ fn documented_routes(doc: &Value) -> BTreeSet<(String, String)> {
 fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
     match schema.get("$ref").and_then(Value::as_str) {
         Some(r) => {
-            let name = r.strip_prefix("#/components/schemas/").unwrap();
+            let name = r.strip_prefix(COMPONENT).unwrap();
             let s = &doc["components"]["schemas"][name];
             assert!(!s.is_null(), "no schema {name}");
             resolve(doc, s)
@@ -129,96 +129,130 @@ fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
     }
 }
 
-/// The properties and required names of an object schema, through `allOf`.
-fn object_parts(
-    doc: &Value,
-    schema: &Value,
-    props: &mut serde_json::Map<String, Value>,
-    req: &mut Vec<String>,
-) {
-    let schema = resolve(doc, schema);
-    if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
-        for s in all {
-            object_parts(doc, s, props, req);
-        }
-    }
-    if let Some(p) = schema.get("properties").and_then(Value::as_object) {
-        props.extend(p.clone());
-    }
-    if let Some(r) = schema.get("required").and_then(Value::as_array) {
-        req.extend(r.iter().map(|v| v.as_str().unwrap().to_string()));
-    }
-}
+const COMPONENT: &str = "#/components/schemas/";
+/// Where `json_schema` puts the document's schemas, closed and open (see `closed`).
+const CLOSED: &str = "#/$defs/closed/$defs/";
+const OPEN: &str = "#/$defs/open/$defs/";
 
-fn type_ok(t: &str, v: &Value) -> bool {
-    match t {
-        "object" => v.is_object(),
-        "array" => v.is_array(),
-        "string" => v.is_string(),
-        "integer" => v.is_i64() || v.is_u64(),
-        "number" => v.is_number(),
-        "boolean" => v.is_boolean(),
-        "null" => v.is_null(),
-        _ => true,
-    }
-}
-
-/// Whether `v` matches `schema`, strictly: an object may have no field the schema does not name.
-fn check(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
-    let schema = resolve(doc, schema);
-    for key in ["oneOf", "anyOf"] {
-        if let Some(alts) = schema.get(key).and_then(Value::as_array) {
-            let errs: Vec<String> = alts
-                .iter()
-                .filter_map(|s| check(doc, s, v, at).err())
-                .collect();
-            if errs.len() == alts.len() {
-                return Err(format!(
-                    "{at}: matches no alternative: {}",
-                    errs.join(" | ")
-                ));
+/// `schema` (part of the OpenAPI document) with every object description closed: kb's
+/// responses have exactly the fields their description names, and JSON Schema allows any
+/// other field unless told. An object schema that lists `properties` (or is an `allOf`) gets
+/// `unevaluatedProperties: false` unless it says `additionalProperties` or
+/// `unevaluatedProperties` itself. A `part` (a member of an `allOf`, a flattened struct, or an
+/// alternative under such a schema) stays open: the whole closes over the fields of all its
+/// parts. References to `#/components/schemas/X` become references to the closed or the open
+/// copy of `X` in the document `json_schema` builds.
+fn closed(schema: &Value, part: bool) -> Value {
+    let Some(m) = schema.as_object() else {
+        return schema.clone();
+    };
+    let has_props = m.contains_key("properties") || m.contains_key("allOf");
+    let mut out = serde_json::Map::new();
+    for (k, v) in m {
+        let v = match (k.as_str(), v) {
+            ("$ref", Value::String(r)) => {
+                let name = r
+                    .strip_prefix(COMPONENT)
+                    .unwrap_or_else(|| panic!("a reference outside the components: {r}"));
+                json!(format!("{}{name}", if part { OPEN } else { CLOSED }))
             }
-            return Ok(());
-        }
-    }
-    match schema.get("type") {
-        Some(Value::String(t)) if !type_ok(t, v) => return Err(format!("{at}: {v} is not {t}")),
-        Some(Value::Array(ts)) if !ts.iter().any(|t| type_ok(t.as_str().unwrap(), v)) => {
-            return Err(format!("{at}: {v} is none of {ts:?}"))
-        }
-        _ => {}
-    }
-    if let Some(e) = schema.get("enum").and_then(Value::as_array) {
-        if !e.contains(v) {
-            return Err(format!("{at}: {v} is not one of {e:?}"));
-        }
-    }
-    if let Some(items) = schema.get("items") {
-        if let Some(a) = v.as_array() {
-            for (i, x) in a.iter().enumerate() {
-                check(doc, items, x, &format!("{at}[{i}]"))?;
+            ("properties" | "patternProperties" | "dependentSchemas", Value::Object(ps)) => {
+                Value::Object(
+                    ps.iter()
+                        .map(|(n, s)| (n.clone(), closed(s, false)))
+                        .collect(),
+                )
             }
-        }
-    }
-    if schema.get("properties").is_some() || schema.get("allOf").is_some() {
-        let Some(obj) = v.as_object() else {
-            return Err(format!("{at}: {v} is not an object"));
+            ("allOf", Value::Array(a)) => a.iter().map(|s| closed(s, true)).collect(),
+            ("oneOf" | "anyOf", Value::Array(a)) => {
+                a.iter().map(|s| closed(s, part || has_props)).collect()
+            }
+            ("prefixItems", Value::Array(a)) => a.iter().map(|s| closed(s, false)).collect(),
+            (
+                "items"
+                | "additionalProperties"
+                | "unevaluatedProperties"
+                | "unevaluatedItems"
+                | "contains"
+                | "propertyNames"
+                | "not"
+                | "if"
+                | "then"
+                | "else",
+                s,
+            ) => closed(s, false),
+            _ => v.clone(),
         };
-        let (mut props, mut req) = (serde_json::Map::new(), Vec::new());
-        object_parts(doc, schema, &mut props, &mut req);
-        for r in &req {
-            if !obj.contains_key(r) {
-                return Err(format!("{at}: required `{r}` is missing"));
-            }
-        }
-        for (k, x) in obj {
-            let Some(p) = props.get(k) else {
-                return Err(format!("{at}: `{k}` is not described"));
-            };
-            check(doc, p, x, &format!("{at}.{k}"))?;
-        }
+        out.insert(k.clone(), v);
     }
-    Ok(())
+    // OpenAPI's `int32` (JSON Schema has no numeric formats, so the validator ignores it): a
+    // signed 32-bit integer, as bounds.
+    if m.get("format").and_then(Value::as_str) == Some("int32") {
+        let bound = |k: &str, limit: i32, pick: fn(f64, f64) -> f64| {
+            let limit = f64::from(limit);
+            json!(m
+                .get(k)
+                .and_then(Value::as_f64)
+                .map_or(limit, |v| pick(v, limit)))
+        };
+        out.insert("minimum".into(), bound("minimum", i32::MIN, f64::max));
+        out.insert("maximum".into(), bound("maximum", i32::MAX, f64::min));
+    }
+    if has_props
+        && !part
+        && !m.contains_key("additionalProperties")
+        && !m.contains_key("unevaluatedProperties")
+    {
+        out.insert("unevaluatedProperties".into(), Value::Bool(false));
+    }
+    Value::Object(out)
+}
+
+/// A JSON Schema 2020-12 document (OpenAPI 3.1's schemas are in that dialect) for `schema`,
+/// with the OpenAPI document's components beside it so that its references resolve.
+fn json_schema(doc: &Value, schema: &Value) -> Value {
+    let empty = serde_json::Map::new();
+    let components = doc["components"]["schemas"].as_object().unwrap_or(&empty);
+    let copies = |part: bool| -> serde_json::Map<String, Value> {
+        components
+            .iter()
+            .map(|(name, s)| (name.clone(), closed(s, part)))
+            .collect()
+    };
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$defs": {
+            "closed": {"$defs": copies(false)},
+            "open": {"$defs": copies(true)},
+            "response": closed(schema, false),
+        },
+        "$ref": "#/$defs/response",
+    })
+}
+
+/// Whether `v` matches `schema` (a part of the OpenAPI document `doc`), validated by the
+/// `jsonschema` crate: types, `oneOf` (exactly one), `anyOf`, `allOf`, enums, bounds, formats
+/// (JSON Schema's `date-time`, `uuid`, ...; OpenAPI's `int32`, see `closed`),
+/// `additionalProperties`, and (see `closed`) no undescribed field.
+/// On a mismatch, every error as `instance pointer: message (schema pointer)`.
+fn check(doc: &Value, schema: &Value, v: &Value) -> Result<(), Vec<String>> {
+    let validator = jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(&json_schema(doc, schema))
+        .unwrap_or_else(|e| panic!("not a valid JSON Schema: {e}\n{schema:#}"));
+    let errors: Vec<String> = validator
+        .iter_errors(v)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            let at = if at.is_empty() { "/".to_string() } else { at };
+            format!("{at}: {e} (schema {})", e.schema_path())
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 fn response_schema<'a>(
@@ -237,10 +271,38 @@ fn response_schema<'a>(
     s
 }
 
-fn assert_matches(doc: &Value, method: &str, path: &str, status: u16, ctype: &str, v: &Value) {
-    let schema = response_schema(doc, method, path, status, ctype);
-    if let Err(e) = check(doc, schema, v, "$") {
-        panic!("{method} {path} {status}: the real response does not match the description: {e}\n{v:#}");
+/// Real responses checked against their description. Mismatches are collected, so that one run
+/// reports all of them; `finish` fails the test if there was any.
+struct Responses<'a> {
+    doc: &'a Value,
+    mismatches: Vec<String>,
+}
+
+impl<'a> Responses<'a> {
+    fn new(doc: &'a Value) -> Self {
+        Responses {
+            doc,
+            mismatches: Vec::new(),
+        }
+    }
+
+    fn check(&mut self, method: &str, path: &str, status: u16, ctype: &str, v: &Value) {
+        let schema = response_schema(self.doc, method, path, status, ctype);
+        if let Err(errors) = check(self.doc, schema, v) {
+            self.mismatches.push(format!(
+                "{} {path} {status} {ctype}:\n    {}\n    response: {v}",
+                method.to_uppercase(),
+                errors.join("\n    ")
+            ));
+        }
+    }
+
+    fn finish(self) {
+        assert!(
+            self.mismatches.is_empty(),
+            "real responses that do not match their description:\n{}",
+            self.mismatches.join("\n")
+        );
     }
 }
 
@@ -388,13 +450,14 @@ fn the_openapi_document_is_complete_and_matches_real_responses() {
     }
 
     // Real responses match the described ones.
+    let mut responses = Responses::new(&doc);
     let text =
         "# Zephyr Deployment Guide\n\n## Ports\n\nThe zephyr daemon listens on port 7412 by \
                 default. Change it with the `listen_port` option.\n";
     let (st, up) = s.upload("docs", &[("zephyr.md", text.as_bytes().to_vec())]);
     assert_eq!(st, 202, "{up}");
     let docs_path = "/v1/collections/{collection}/documents";
-    assert_matches(&doc, "post", docs_path, 202, "application/json", &up);
+    responses.check("post", docs_path, 202, "application/json", &up);
     let job_id = up["documents"][0]["job_id"].as_str().unwrap().to_string();
     let doc_id = up["documents"][0]["document_id"]
         .as_str()
@@ -402,21 +465,14 @@ fn the_openapi_document_is_complete_and_matches_real_responses() {
         .to_string();
     let job = s.wait_job(&job_id);
     assert_eq!(job["status"], "done", "{job}");
-    assert_matches(&doc, "get", "/v1/jobs/{id}", 200, "application/json", &job);
+    responses.check("get", "/v1/jobs/{id}", 200, "application/json", &job);
 
     let (_, events) = get_text(&s, &format!("/v1/jobs/{job_id}/events"));
     let events = parse_sse(&events);
     assert!(!events.is_empty());
     for (event, data) in events {
         let ev = json!({"event": event, "data": data});
-        assert_matches(
-            &doc,
-            "get",
-            "/v1/jobs/{id}/events",
-            200,
-            "text/event-stream",
-            &ev,
-        );
+        responses.check("get", "/v1/jobs/{id}/events", 200, "text/event-stream", &ev);
     }
 
     for (path, real) in [
@@ -435,7 +491,7 @@ fn the_openapi_document_is_complete_and_matches_real_responses() {
     ] {
         let (st, v) = s.get(&real);
         assert_eq!(st, 200, "{real}: {v}");
-        assert_matches(&doc, "get", path, 200, "application/json", &v);
+        responses.check("get", path, 200, "application/json", &v);
     }
     // The example the brief names: the fields of a collection, one by one.
     let (_, list) = s.get("/v1/collections");
@@ -449,56 +505,35 @@ fn the_openapi_document_is_complete_and_matches_real_responses() {
         &json!({"collection": "docs", "query": "zephyr port"}),
     );
     assert_eq!(st, 200, "{v}");
-    assert_matches(&doc, "post", "/v1/search", 200, "application/json", &v);
+    responses.check("post", "/v1/search", 200, "application/json", &v);
 
     let ask_body = json!({"collection": "docs", "question": "Which port does the zephyr daemon listen on?", "conversation": true, "stream": false});
     let (st, v) = s.post_json("/v1/ask", &ask_body);
     assert_eq!(st, 200, "{v}");
-    assert_matches(&doc, "post", "/v1/ask", 200, "application/json", &v);
+    responses.check("post", "/v1/ask", 200, "application/json", &v);
     let conv = v["meta"]["conversation_id"].as_str().unwrap().to_string();
     let events = s.ask_sse(&json!({"collection": "docs", "question": "And how is it changed?", "conversation_id": conv}));
     let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
     assert!(names.contains(&"done"), "{names:?}");
     for (event, data) in &events {
         let ev = json!({"event": event, "data": data});
-        assert_matches(&doc, "post", "/v1/ask", 200, "text/event-stream", &ev);
+        responses.check("post", "/v1/ask", 200, "text/event-stream", &ev);
     }
     let (st, v) = s.get("/v1/conversations");
     assert_eq!(st, 200);
-    assert_matches(
-        &doc,
-        "get",
-        "/v1/conversations",
-        200,
-        "application/json",
-        &v,
-    );
+    responses.check("get", "/v1/conversations", 200, "application/json", &v);
     let (st, v) = s.get(&format!("/v1/conversations/{conv}"));
     assert_eq!(st, 200);
     assert_eq!(v["turns"].as_array().unwrap().len(), 2, "{v}");
-    assert_matches(
-        &doc,
-        "get",
-        "/v1/conversations/{id}",
-        200,
-        "application/json",
-        &v,
-    );
+    responses.check("get", "/v1/conversations/{id}", 200, "application/json", &v);
     let (st, v) = s.get("/v1/usage");
     assert_eq!(st, 200);
-    assert_matches(&doc, "get", "/v1/usage", 200, "application/json", &v);
+    responses.check("get", "/v1/usage", 200, "application/json", &v);
 
     let chat = json!({"model": "kb/docs", "messages": [{"role": "user", "content": "Which port does zephyr use?"}]});
     let (st, v) = s.post_json("/v1/chat/completions", &chat);
     assert_eq!(st, 200, "{v}");
-    assert_matches(
-        &doc,
-        "post",
-        "/v1/chat/completions",
-        200,
-        "application/json",
-        &v,
-    );
+    responses.check("post", "/v1/chat/completions", 200, "application/json", &v);
     let mut streamed = chat.clone();
     streamed["stream"] = json!(true);
     streamed["stream_options"] = json!({"include_usage": true});
@@ -511,8 +546,7 @@ fn the_openapi_document_is_complete_and_matches_real_responses() {
     let chunks = parse_sse(&r.text().unwrap());
     assert!(chunks.len() >= 3, "{chunks:?}");
     for (_, data) in chunks.iter().filter(|(_, d)| d.is_object()) {
-        assert_matches(
-            &doc,
+        responses.check(
             "post",
             "/v1/chat/completions",
             200,
@@ -524,8 +558,7 @@ fn the_openapi_document_is_complete_and_matches_real_responses() {
     // Errors.
     let (st, v) = s.get("/v1/collections/nope");
     assert_eq!(st, 404);
-    assert_matches(
-        &doc,
+    responses.check(
         "get",
         "/v1/collections/{collection}",
         404,
@@ -534,37 +567,67 @@ fn the_openapi_document_is_complete_and_matches_real_responses() {
     );
     let (st, v) = s.get("/v1/models/gpt-4");
     assert_eq!(st, 404);
-    assert_matches(
-        &doc,
-        "get",
-        "/v1/models/{model}",
-        404,
-        "application/json",
-        &v,
-    );
+    responses.check("get", "/v1/models/{model}", 404, "application/json", &v);
     let (st, v) = s.post_json("/v1/ask", &json!({"question": "x", "top_k": 0}));
     assert_eq!(st, 422);
-    assert_matches(&doc, "post", "/v1/ask", 422, "application/json", &v);
+    responses.check("post", "/v1/ask", 422, "application/json", &v);
 
     let (st, metrics) = get_text(&s, "/metrics");
     assert_eq!(st, 200);
     assert!(metrics.contains("# TYPE"));
+
+    responses.finish();
 }
 
 /// The response check above is strict: it catches a field the description lacks, a missing
-/// required one and a wrong type, through references, `allOf` and `oneOf`.
+/// required one, a wrong type, a value out of bounds or of the wrong format, a value two `oneOf`
+/// alternatives match, through references, `allOf`, `oneOf` and `additionalProperties`.
 #[test]
 fn the_response_check_is_strict() {
     let doc = json!({"components": {"schemas": {
         "A": {"type": "object", "required": ["x"], "properties": {"x": {"type": "integer"}}},
         "B": {"allOf": [{"$ref": "#/components/schemas/A"},
             {"type": "object", "properties": {"y": {"oneOf": [{"type": "null"}, {"type": "string"}]}}}]},
+        "C": {"type": "object", "properties": {
+            "n": {"type": "integer", "minimum": 0},
+            "i": {"type": "integer", "format": "int32", "minimum": 0},
+            "t": {"type": "string", "format": "date-time"},
+            "one": {"oneOf": [{"type": "integer"}, {"type": "number"}]},
+            "map": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "b": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/B"}]},
+        }},
     }}});
     let b = json!({"$ref": "#/components/schemas/B"});
-    assert!(check(&doc, &b, &json!({"x": 1, "y": "s"}), "$").is_ok());
-    assert!(check(&doc, &b, &json!({"x": 1, "y": null}), "$").is_ok());
-    assert!(check(&doc, &b, &json!({"x": 1, "z": 2}), "$").is_err());
-    assert!(check(&doc, &b, &json!({"y": "s"}), "$").is_err());
-    assert!(check(&doc, &b, &json!({"x": "1"}), "$").is_err());
-    assert!(check(&doc, &b, &json!({"x": 1, "y": 3}), "$").is_err());
+    assert!(check(&doc, &b, &json!({"x": 1, "y": "s"})).is_ok());
+    assert!(check(&doc, &b, &json!({"x": 1, "y": null})).is_ok());
+    assert!(check(&doc, &b, &json!({"x": 1, "z": 2})).is_err());
+    assert!(check(&doc, &b, &json!({"y": "s"})).is_err());
+    assert!(check(&doc, &b, &json!({"x": "1"})).is_err());
+    assert!(check(&doc, &b, &json!({"x": 1, "y": 3})).is_err());
+    // `A` alone is closed too, and so is `B` under a property.
+    let a = json!({"$ref": "#/components/schemas/A"});
+    assert!(check(&doc, &a, &json!({"x": 1})).is_ok());
+    assert!(check(&doc, &a, &json!({"x": 1, "y": "s"})).is_err());
+    let c = json!({"$ref": "#/components/schemas/C"});
+    assert!(check(&doc, &c, &json!({"b": {"x": 1, "y": "s"}})).is_ok());
+    assert!(check(&doc, &c, &json!({"b": {"x": 1, "z": 2}})).is_err());
+    assert!(check(&doc, &c, &json!({"b": null, "nope": 1})).is_err());
+    // Bounds, formats, `oneOf` as exactly one, `additionalProperties`.
+    assert!(check(&doc, &c, &json!({"n": 0, "t": "2024-05-01T12:00:00Z"})).is_ok());
+    assert!(check(&doc, &c, &json!({"n": -1})).is_err());
+    assert!(check(&doc, &c, &json!({"t": "yesterday"})).is_err());
+    assert!(check(&doc, &c, &json!({"i": 2147483647})).is_ok());
+    assert!(check(&doc, &c, &json!({"i": 2147483648u64})).is_err());
+    assert!(check(&doc, &c, &json!({"i": -1})).is_err());
+    assert!(check(&doc, &c, &json!({"one": 1.5})).is_ok());
+    assert!(
+        check(&doc, &c, &json!({"one": 1})).is_err(),
+        "both alternatives match"
+    );
+    assert!(check(&doc, &c, &json!({"map": {"a": 1, "b": 2}})).is_ok());
+    assert!(check(&doc, &c, &json!({"map": {"a": "1"}})).is_err());
+    // The errors say where.
+    let errors = check(&doc, &c, &json!({"n": -1, "b": {"x": "1"}})).unwrap_err();
+    assert!(errors.iter().any(|e| e.starts_with("/n: ")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.starts_with("/b")), "{errors:?}");
 }

@@ -1,8 +1,7 @@
 //! The command line: ingest a directory into a data dir, ask and search it, against the data dir
 //! directly and against a running server; config masking; exit codes.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::process::{Command, Output};
 

@@ -3,11 +3,10 @@
 //! embeddings, misbehaves on demand and records every request it receives, in order, so the
 //! tests can count retries and check who reached the upstream first.
 
-mod common;
+use crate::common::*;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use common::*;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

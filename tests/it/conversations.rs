@@ -1,15 +1,14 @@
 //! Conversations (rewrite of follow-ups, summaries within the budget, the routes), and usage
 //! and cost, with the extractive answerer and with an OpenAI-compatible upstream.
 //!
-//! The upstream is a FAULT INJECTOR in the pattern of tests/llm.rs (a scripted in-process axum
+//! The upstream is a FAULT INJECTOR in the pattern of tests/it/llm.rs (a scripted in-process axum
 //! server), not a model: it answers each kind of request (answer, rewrite, summarize, told
 //! apart by the system prompt kb sends) with scripted text and reports usage.
 
-mod common;
+use crate::common::*;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use common::*;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 

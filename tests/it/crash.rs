@@ -1,8 +1,7 @@
 //! Kill -9 the server in the middle of ingestion, start it again on the same data dir: the job
 //! resumes and finishes, with no duplicate or orphaned chunks.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 
 #[test]

@@ -1,8 +1,7 @@
 //! The answer caches (exact, in memory and in a real Redis; semantic) and the embedding cache,
 //! against a real server with the real embedder.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn ask(s: &Server, body: Value) -> (Value, Value, Vec<Value>, Value) {

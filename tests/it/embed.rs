@@ -2,8 +2,7 @@
 //! the real all-MiniLM-L6-v2 weights, whatever the batch: texts are never padded, so a text's
 //! vector does not depend on what it is batched with.
 
-mod common;
-use common::*;
+use crate::common::*;
 use kb::models::local_embed::{Engine, LocalEmbedder, Precision};
 use kb::models::{Embedder, Priority};
 

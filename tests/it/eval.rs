@@ -2,8 +2,7 @@
 //! scorer (`score.py`) on the same results, runs are stored and compared, a worse run is a
 //! regression (exit code 3), and a run through a server scores the same as one in-process.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,8 +1,7 @@
 //! The whole loop against a real server: upload a PDF, an HTML page and a Markdown file, index,
 //! search, ask over SSE, dedup, new version swapped atomically, delete.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -234,7 +233,7 @@ fn upload_index_search_ask_version_delete() {
     assert_eq!(d["version"], 2);
     assert_eq!(d["live_version"], 2);
     // v1's points are gone from the index, not just hidden.
-    common::wait_until("v1 points purged", Duration::from_secs(20), || {
+    wait_until("v1 points purged", Duration::from_secs(20), || {
         let (_, c) = s.get("/v1/collections/docs");
         c["points"] == c["chunks"]
     });
