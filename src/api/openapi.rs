@@ -2,7 +2,7 @@
 //!
 //! It is generated at compile time (utoipa) from the `#[utoipa::path]` attribute on every
 //! handler and the `ToSchema` types the handlers return (each defined beside its handler).
-//! This module holds only the document. `tests/openapi.rs` checks that every route the router
+//! This module holds only the document. `tests/it/openapi.rs` checks that every route the router
 //! serves is described, and that real responses match the described ones.
 
 use super::ask::{AskStreamEvent, TokenData};

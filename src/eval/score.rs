@@ -1,5 +1,5 @@
 //! Scoring of a QA run, exactly as `../shared/eval/README.md` defines it (its `score.py` is the
-//! reference, and `tests/eval.rs` checks that both give the same numbers on the same results).
+//! reference, and `tests/it/eval.rs` checks that both give the same numbers on the same results).
 //!
 //! Text is compared in the *loose* form: NFKC, lower case, every run of characters that are not
 //! letters or digits (underscore included) replaced by one space.

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod api_errors;
 mod bad_input;
 mod caches;
 mod cli;
@@ -18,3 +19,4 @@ mod local_llm;
 mod openai;
 mod openapi;
 mod redis_buckets;
+mod reliability;

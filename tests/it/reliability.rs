@@ -1,8 +1,7 @@
 //! Reliability of the store and the job layer under the background optimiser, concurrent
 //! first uploads, crashes and restarts.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

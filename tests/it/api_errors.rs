@@ -2,7 +2,7 @@
 //! socket): each request that kb must refuse gets its code's status, kb's error shape (or
 //! OpenAI's on the OpenAI-compatible routes), and the headers every response carries.
 
-mod common;
+use crate::common::*;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
@@ -14,7 +14,7 @@ async fn app() -> (kb::App, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = kb::config::Config {
         data_dir: tmp.path().join("data"),
-        models_dir: common::models_dir(),
+        models_dir: models_dir(),
         ..Default::default()
     };
     cfg.embedding.threads = 1;
