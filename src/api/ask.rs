@@ -1,21 +1,21 @@
 //! Search and answers: `POST /v1/search`, `POST /v1/ask` (server-sent events or one JSON body).
 
 use super::error::{ApiError, ErrorBody, JsonBody};
-use super::http::{accepts, AppState, RequestId};
+use super::http::{accepts, sse, AppState, RequestId};
 use super::validate::{search_params, valid_conversation_id};
 use crate::error::{ClientError, Code};
 use crate::query::{AskEvent, AskParams, Done, Meta, Source};
 use crate::store::SearchMode;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use utoipa::ToSchema;
 
 pub fn routes() -> Router<AppState> {
@@ -305,11 +305,5 @@ pub(super) async fn ask(
     let stream = futures::stream::iter(head)
         .chain(events)
         .map(|ev| Ok::<Event, Infallible>(sse_event(&ev)));
-    Ok(Sse::new(stream)
-        .keep_alive(
-            KeepAlive::new()
-                .interval(Duration::from_secs(core.config.server.keep_alive_secs))
-                .text("keep-alive"),
-        )
-        .into_response())
+    Ok(sse(stream, core.config.server.keep_alive_secs))
 }

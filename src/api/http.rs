@@ -2,9 +2,28 @@
 //! negotiation.
 
 use crate::Core;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub type AppState = Arc<Core>;
+
+/// A server-sent-event response with `: keep-alive` comments every `keep_alive_secs`, so that
+/// idle connections (a model thinking, a job waiting) stay open through proxies.
+pub fn sse<S>(events: S, keep_alive_secs: u64) -> Response
+where
+    S: futures::Stream<Item = Result<Event, Infallible>> + Send + 'static,
+{
+    Sse::new(events)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(keep_alive_secs))
+                .text("keep-alive"),
+        )
+        .into_response()
+}
 
 /// The request's id: the client's `x-request-id` when it is 1-64 printable characters, else
 /// a new UUID.

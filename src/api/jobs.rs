@@ -1,12 +1,12 @@
 //! Ingestion jobs: their state, and their progress as server-sent events.
 
 use super::error::{ApiError, ErrorBody};
-use super::http::AppState;
+use super::http::{sse, AppState};
 use crate::catalog::JobRow;
 use crate::error::Code;
 use axum::extract::{Path, State};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::sse::Event;
+use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
@@ -143,11 +143,5 @@ pub(super) async fn job_events(
             }
         }
     };
-    Ok(Sse::new(stream)
-        .keep_alive(
-            KeepAlive::new()
-                .interval(Duration::from_secs(keep_alive))
-                .text("keep-alive"),
-        )
-        .into_response())
+    Ok(sse(stream, keep_alive))
 }

@@ -15,14 +15,14 @@ pub use error::OpenAiErrorBody;
 pub use wire::ChatCompletionChunk;
 
 use super::error::ApiError;
-use super::http::{AppState, RequestId};
+use super::http::{sse, AppState, RequestId};
 use super::validate::{search_params, valid_collection};
 use crate::error::Code;
 use crate::query::{AskEvent, AskParams};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -30,7 +30,6 @@ use error::OpenAiError;
 use futures::StreamExt;
 use request::{parse_request, question_of, ChatCompletionRequest};
 use std::convert::Infallible;
-use std::time::Duration;
 use wire::*;
 
 /// The model name that stands for [`DEFAULT_COLLECTION`].
@@ -287,11 +286,5 @@ pub(super) async fn chat_completions(
         }
         yield Ok(Event::default().data("[DONE]"));
     };
-    Ok(Sse::new(stream)
-        .keep_alive(
-            KeepAlive::new()
-                .interval(Duration::from_secs(core.config.server.keep_alive_secs))
-                .text("keep-alive"),
-        )
-        .into_response())
+    Ok(sse(stream, core.config.server.keep_alive_secs))
 }
