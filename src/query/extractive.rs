@@ -222,9 +222,23 @@ fn split_sentences(line: &str) -> Vec<String> {
 
 struct Passage {
     source: usize,
+    /// The segment of the source, and the sentences of it the window spans.
+    segment: usize,
+    span: (usize, usize),
     text: String,
     score: f64,
     coverage: f64,
+    /// The question's terms the passage covers, with their coverage weights (share of all).
+    covered: Vec<(String, f64)>,
+}
+
+impl Passage {
+    fn overlaps(&self, other: &Passage) -> bool {
+        self.source == other.source
+            && self.segment == other.segment
+            && self.span.0 < other.span.1
+            && other.span.0 < self.span.1
+    }
 }
 
 pub(crate) fn matches_term(word_stems: &HashSet<String>, term: &str) -> bool {
@@ -325,12 +339,12 @@ fn best_passages(question: &str, sources: &[Source]) -> Vec<Passage> {
     let rank_total: f64 = rank_weight.values().sum();
     let mut out = Vec::new();
     for (si, segs) in per_source.iter().enumerate() {
-        for seg in segs {
+        for (gi, seg) in segs.iter().enumerate() {
             for start in 0..seg.units.len() {
                 let mut text = String::new();
                 let mut set: HashSet<String> = seg.key.clone();
                 let mut statements = 0;
-                for (unit, stems) in seg.units.iter().skip(start).take(3) {
+                for (k, (unit, stems)) in seg.units.iter().enumerate().skip(start).take(3) {
                     let n_words =
                         text.split_whitespace().count() + unit.text.split_whitespace().count();
                     if !text.is_empty() && n_words > MAX_WINDOW_WORDS {
@@ -366,9 +380,15 @@ fn best_passages(question: &str, sources: &[Source]) -> Vec<Passage> {
                     };
                     out.push(Passage {
                         source: si,
+                        segment: gi,
+                        span: (start, k + 1),
                         text: quoted,
                         score,
                         coverage,
+                        covered: covered
+                            .iter()
+                            .map(|t| (t.to_string(), weight[t] / total))
+                            .collect(),
                     });
                 }
             }
@@ -479,18 +499,43 @@ pub fn answer_with_grounding(
         return (DECLINE.to_string(), g);
     }
     let mut out = format!("{} [{}]", best.text, sources[best.source].n);
-    // A second passage from another source when it is nearly as good (questions that need two).
-    if let Some(second) = passages.iter().find(|p| {
-        p.source != best.source && p.score >= best.score * 0.85 && p.coverage >= MIN_COVERAGE
-    }) {
-        if !best.text.contains(&second.text) && !second.text.contains(&best.text) {
-            out.push_str(&format!(
-                "\n\n{} [{}]",
-                second.text, sources[second.source].n
-            ));
-        }
+    if let Some(second) = second_passage(best, &passages) {
+        out.push_str(&format!(
+            "\n\n{} [{}]",
+            second.text, sources[second.source].n
+        ));
     }
     (out, g)
+}
+
+/// Least share of the question a second passage must add to what the first one covers.
+const MIN_GAIN: f64 = 0.15;
+
+/// The passage quoted after the best one, if any: the one that best covers the part of the
+/// question the best passage leaves out (questions that need two facts); else one from
+/// another source that is nearly as good.
+fn second_passage<'a>(best: &Passage, passages: &'a [Passage]) -> Option<&'a Passage> {
+    let distinct = |p: &&Passage| {
+        !p.overlaps(best) && !best.text.contains(&p.text) && !p.text.contains(&best.text)
+    };
+    let has = |t: &str| best.covered.iter().any(|(c, _)| c == t);
+    let gain = |p: &Passage| -> f64 {
+        p.covered
+            .iter()
+            .filter(|(t, _)| !has(t))
+            .map(|(_, w)| w)
+            .sum()
+    };
+    let complement = passages
+        .iter()
+        .filter(distinct)
+        .filter(|p| p.coverage >= MIN_COVERAGE && gain(p) >= MIN_GAIN)
+        .max_by(|a, b| (gain(a) + a.score).total_cmp(&(gain(b) + b.score)));
+    complement.or_else(|| {
+        passages.iter().filter(distinct).find(|p| {
+            p.source != best.source && p.score >= best.score * 0.85 && p.coverage >= MIN_COVERAGE
+        })
+    })
 }
 
 /// Whether an answer declines (for the extractive answerer and for models told how to decline).
@@ -691,6 +736,29 @@ mod tests {
         assert!(is_identifier("max_workers") && is_identifier("os.path.join"));
         assert!(is_identifier("--jobs") && is_identifier("HISTSIZE") && is_identifier("GzipFile"));
         assert!(!is_identifier("Python") && !is_identifier("default") && !is_identifier("-"));
+    }
+
+    #[test]
+    fn a_second_passage_covers_what_the_first_leaves_out() {
+        // Both parts in one source: the passage quoted first covers one part, and the passage
+        // that covers the rest of the question follows with its citation.
+        let sources = vec![
+            src(
+                1,
+                "The default timeout of the client is 30 seconds.\n\n\
+                 On Windows the client ignores the timeout and waits at most 10 seconds.",
+            ),
+            src(2, "The server has no timeout of its own."),
+        ];
+        let a = answer(
+            "What is the default timeout of the client, and how long does it wait on Windows?",
+            &sources,
+        );
+        assert!(a.contains("30 seconds") && a.contains("10 seconds"), "{a}");
+        assert_eq!(a.matches("[1]").count(), 2, "{a}");
+        // A question one passage answers gets one passage.
+        let a = answer("What is the default timeout of the client?", &sources);
+        assert_eq!(a, "The default timeout of the client is 30 seconds. [1]");
     }
 
     #[test]
