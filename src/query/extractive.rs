@@ -84,10 +84,13 @@ fn ends_prose(line: &str) -> bool {
 }
 
 /// A line that could name an entry: one short phrase without closing punctuation
-/// (`max_workers`, `name (integer)`, `HISTSIZE`), or a call signature (`open(file, mode='r')`).
+/// (`max_workers`, `name (integer)`, `HISTSIZE`, `65534:`), or a call signature
+/// (`open(file, mode='r')`).
 fn is_termish(line: &str) -> bool {
     let n = line.split_whitespace().count();
-    !ends_prose(line)
+    let short_colon = n <= 2 && line.ends_with(':') && !line[..line.len() - 1].ends_with(':');
+    line.chars().any(|c| c.is_alphanumeric())
+        && (!ends_prose(line) || short_colon)
         && split_sentences(line).len() == 1
         && (n <= 6 || (n <= 30 && line.contains('(') && line.ends_with(')')))
 }
@@ -97,13 +100,14 @@ fn is_termish(line: &str) -> bool {
 pub(crate) fn is_identifier(tok: &str) -> bool {
     let tok = tok.trim_matches(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-'));
     let core = tok.trim_start_matches('-');
-    if core.is_empty() || !core.chars().any(|c| c.is_alphanumeric()) {
+    // A version or page number (`4.6.2.0`, `86`) is not a name.
+    if !core.chars().any(|c| c.is_alphabetic()) {
         return false;
     }
     (tok.starts_with('-') && core.chars().next().is_some_and(|c| c.is_alphanumeric()))
         || core.contains('_')
         || core.trim_end_matches('.').contains('.')
-        || (core.chars().any(|c| c.is_ascii_digit()) && core.chars().any(|c| c.is_alphabetic()))
+        || core.chars().any(|c| c.is_ascii_digit())
         || core.chars().skip(1).any(|c| c.is_uppercase())
 }
 
@@ -144,7 +148,15 @@ pub(crate) fn units(text: &str) -> Vec<Unit> {
             let described = lines
                 .get(i + 1)
                 .is_some_and(|(next, _, _)| !is_termish(next) || continues(i + 1));
-            is_termish(line) && !in_run && !continues(i) && described
+            // Across a blank line only a name or a number is taken for a term (`max_workers`,
+            // `65534:`), not a running page header (`Debian Policy Manual, Release 4.6.2.0`).
+            let named = line.split_whitespace().any(is_identifier)
+                || line
+                    .trim_end_matches(':')
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == '-');
+            let apart = lines.get(i + 1).is_some_and(|next| next.2);
+            is_termish(line) && !in_run && !continues(i) && described && (!apart || named)
         })
         .collect();
     let mut out = Vec::new();
@@ -375,6 +387,7 @@ fn best_passages(question: &str, sources: &[Source]) -> Vec<Passage> {
                     let score = ranked + rank_bonus - 0.0025 * n;
                     // A passage from inside an entry names the entry's term first.
                     let quoted = match &seg.label {
+                        Some(l) if start > 0 && l.ends_with(':') => format!("{l} {text}"),
                         Some(l) if start > 0 => format!("{l}: {text}"),
                         _ => text.clone(),
                     };
@@ -759,6 +772,20 @@ mod tests {
         // A question one passage answers gets one passage.
         let a = answer("What is the default timeout of the client?", &sources);
         assert_eq!(a, "The default timeout of the client is 30 seconds. [1]");
+    }
+
+    #[test]
+    fn numbered_terms_label_their_entry_and_page_headers_do_not() {
+        let sources = vec![src(
+            1,
+            "Debian Policy Manual, Release 4.6.2.0\n\nSome programs should be owned by the user they run as.\n\n\
+             65533:\nReserved.\n\n65534:\nUser nobody. The corresponding gid refers to the group nogroup.",
+        )];
+        let a = answer("Which UID is assigned to the user nobody?", &sources);
+        assert!(a.starts_with("65534: User nobody."), "{a}");
+        let u = units(&sources[0].text);
+        assert!(!u[0].label, "{u:?}");
+        assert!(!is_identifier("4.6.2.0") && !is_identifier("-") && is_identifier("x86_64"));
     }
 
     #[test]
