@@ -328,6 +328,12 @@ fn best_passages(question: &str, sources: &[Source]) -> Vec<Passage> {
     }
     let entities = entity_terms(question);
     let per_source: Vec<Vec<Segment>> = sources.iter().map(|s| segments(&s.text)).collect();
+    // The section each source lies in: its heading path counts toward which passage is
+    // quoted (the entity asked about is often named only there), not toward coverage.
+    let sections: Vec<HashSet<String>> = sources
+        .iter()
+        .map(|s| s.heading.as_deref().map(stems_of).unwrap_or_default())
+        .collect();
     // IDF of each question term over all sentences: rare terms matter more; terms naming the
     // entity asked about matter most.
     let all_units = || per_source.iter().flatten().flat_map(|seg| seg.units.iter());
@@ -381,7 +387,12 @@ fn best_passages(question: &str, sources: &[Source]) -> Vec<Passage> {
                         .map(|t| t.as_str())
                         .collect();
                     let coverage = covered.iter().map(|t| weight[t]).sum::<f64>() / total;
-                    let ranked = covered.iter().map(|t| rank_weight[t]).sum::<f64>() / rank_total;
+                    let ranked = q
+                        .iter()
+                        .filter(|t| matches_term(&set, t) || matches_term(&sections[si], t))
+                        .map(|t| rank_weight[t.as_str()])
+                        .sum::<f64>()
+                        / rank_total;
                     let n = text.split_whitespace().count() as f64;
                     let rank_bonus = 0.08 / (1.0 + si as f64);
                     let score = ranked + rank_bonus - 0.0025 * n;
@@ -786,6 +797,19 @@ mod tests {
         let u = units(&sources[0].text);
         assert!(!u[0].label, "{u:?}");
         assert!(!is_identifier("4.6.2.0") && !is_identifier("-") && is_identifier("x86_64"));
+    }
+
+    #[test]
+    fn the_section_heading_names_the_entity_of_its_passages() {
+        let mut gzip = src(
+            2,
+            "The level argument is an integer from 0 to 9. The default is 9.",
+        );
+        gzip.heading = Some("gzip - Support for gzip files".into());
+        let sources = vec![src(1, "The zlib module uses a default level of 6."), gzip];
+        let a = answer("What is the default level of gzip?", &sources);
+        assert!(a.starts_with("The level argument"), "{a}");
+        assert!(a.contains("[2]"), "{a}");
     }
 
     #[test]
