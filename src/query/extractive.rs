@@ -334,13 +334,6 @@ fn best_passages(question: &str, sources: &[Source]) -> Vec<Passage> {
         .iter()
         .map(|s| s.heading.as_deref().map(stems_of).unwrap_or_default())
         .collect();
-    let section_titles: Vec<Option<String>> = sources
-        .iter()
-        .map(|s| {
-            let h = s.heading.as_deref()?.rsplit(" > ").next()?.trim();
-            (!h.is_empty()).then(|| h.trim_end_matches(':').to_string())
-        })
-        .collect();
     // IDF of each question term over all sentences: rare terms matter more; terms naming the
     // entity asked about matter most.
     let all_units = || per_source.iter().flatten().flat_map(|seg| seg.units.iter());
@@ -403,12 +396,10 @@ fn best_passages(question: &str, sources: &[Source]) -> Vec<Passage> {
                     let n = text.split_whitespace().count() as f64;
                     let rank_bonus = 0.08 / (1.0 + si as f64);
                     let score = ranked + rank_bonus - 0.0025 * n;
-                    // A passage from inside an entry names the entry's term first; one
-                    // outside any entry names the section it is from.
-                    let quoted = match (&seg.label, &section_titles[si]) {
-                        (Some(l), _) if start > 0 && l.ends_with(':') => format!("{l} {text}"),
-                        (Some(l), _) if start > 0 => format!("{l}: {text}"),
-                        (None, Some(h)) if !text.contains(h.as_str()) => format!("{h}: {text}"),
+                    // A passage from inside an entry names the entry's term first.
+                    let quoted = match &seg.label {
+                        Some(l) if start > 0 && l.ends_with(':') => format!("{l} {text}"),
+                        Some(l) if start > 0 => format!("{l}: {text}"),
                         _ => text.clone(),
                     };
                     out.push(Passage {
@@ -817,26 +808,8 @@ mod tests {
         gzip.heading = Some("gzip - Support for gzip files".into());
         let sources = vec![src(1, "The zlib module uses a default level of 6."), gzip];
         let a = answer("What is the default level of gzip?", &sources);
-        assert!(
-            a.starts_with("gzip - Support for gzip files: The level argument"),
-            "{a}"
-        );
+        assert!(a.starts_with("The level argument"), "{a}");
         assert!(a.contains("[2]"), "{a}");
-    }
-
-    #[test]
-    fn a_passage_outside_any_entry_names_its_section() {
-        let mut s = src(
-            1,
-            "Source code: the module's files.\n\nThe module is a debug tool to trace memory blocks.",
-        );
-        s.heading = Some("Debugging > tracemalloc - Trace memory allocations".into());
-        let a = answer("Which module is a debug tool to trace memory blocks?", &[s]);
-        assert_eq!(
-            a,
-            "tracemalloc - Trace memory allocations: The module is a debug tool to trace memory \
-             blocks. [1]"
-        );
     }
 
     #[test]
