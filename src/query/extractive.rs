@@ -11,6 +11,8 @@ pub const DECLINE: &str = "I don't know: the documents do not contain the answer
 /// Least share of the question's (IDF-weighted) terms a passage must cover to be quoted.
 const MIN_COVERAGE: f64 = 0.34;
 const MAX_WINDOW_WORDS: usize = 90;
+/// Wrapped lines are joined into one paragraph up to this many words (code is not prose).
+const MAX_JOINED_WORDS: usize = 80;
 
 const STOPWORDS: &[&str] = &[
     "a", "an", "the", "and", "or", "but", "if", "of", "to", "in", "on", "at", "by", "for", "with",
@@ -59,39 +61,196 @@ pub(crate) fn sentences(text: &str) -> Vec<String> {
             .trim_start_matches('#')
             .trim_start_matches("- ")
             .trim();
+        if !line.is_empty() {
+            out.extend(split_sentences(line));
+        }
+    }
+    out
+}
+
+/// One sentence of a source, with the entry (definition-list item or section) it belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Unit {
+    pub text: String,
+    /// Index of the segment the sentence belongs to: a window never spans two.
+    pub segment: usize,
+    /// The sentence is a term line or a heading (the start of an entry), not a statement.
+    pub label: bool,
+}
+
+/// Ends like a sentence or a clause (a line that ends so is prose, not a term).
+fn ends_prose(line: &str) -> bool {
+    line.ends_with(['.', '!', '?', ':', ';', ','])
+}
+
+/// A line that could name an entry: one short phrase without closing punctuation
+/// (`max_workers`, `name (integer)`, `HISTSIZE`, `65534:`), or a call signature
+/// (`open(file, mode='r')`).
+fn is_termish(line: &str) -> bool {
+    let n = line.split_whitespace().count();
+    let short_colon = n <= 2 && line.ends_with(':') && !line[..line.len() - 1].ends_with(':');
+    line.chars().any(|c| c.is_alphanumeric())
+        && (!ends_prose(line) || short_colon)
+        && split_sentences(line).len() == 1
+        && (n <= 6 || (n <= 30 && line.contains('(') && line.ends_with(')')))
+}
+
+/// A token written as an identifier rather than a word: with `_`, `.` or a digit inside, a
+/// capital after its first letter (`GzipFile`, `HISTSIZE`), or a leading `-` (`--jobs`).
+pub(crate) fn is_identifier(tok: &str) -> bool {
+    let tok = tok.trim_matches(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-'));
+    let core = tok.trim_start_matches('-');
+    // A version or page number (`4.6.2.0`, `86`) is not a name.
+    if !core.chars().any(|c| c.is_alphabetic()) {
+        return false;
+    }
+    (tok.starts_with('-') && core.chars().next().is_some_and(|c| c.is_alphanumeric()))
+        || core.contains('_')
+        || core.trim_end_matches('.').contains('.')
+        || core.chars().any(|c| c.is_ascii_digit())
+        || core.chars().skip(1).any(|c| c.is_uppercase())
+}
+
+/// Split a source into sentences grouped in segments. A heading, or a term line followed by
+/// its description, starts a new segment; so does a blank line (except right after a term,
+/// whose description may follow a blank line). Lines wrapped inside a sentence (a line without
+/// closing punctuation followed by one starting in lower case, as PDF text is) are joined.
+pub(crate) fn units(text: &str) -> Vec<Unit> {
+    // Non-blank lines: (text, heading, blank line before).
+    let mut lines: Vec<(String, bool, bool)> = Vec::new();
+    let mut blank = false;
+    for raw in text.split('\n') {
+        let t = raw.trim();
+        let heading = t.starts_with('#');
+        let line = t.trim_start_matches('#').trim_start_matches("- ").trim();
         if line.is_empty() {
+            blank = true;
             continue;
         }
-        let chars: Vec<(usize, char)> = line.char_indices().collect();
-        let mut start = 0;
-        for (i, &(pos, c)) in chars.iter().enumerate() {
-            if matches!(c, '.' | '?' | '!') {
-                let next = chars.get(i + 1).map(|x| x.1);
-                let after = chars.get(i + 2).map(|x| x.1);
-                let boundary = next == Some(' ')
-                    && after.is_some_and(|a| {
-                        a.is_uppercase() || a.is_ascii_digit() || a == '"' || a == '('
-                    });
-                if boundary {
-                    let end = pos + c.len_utf8();
-                    out.push(line[start..end].trim().to_string());
-                    start = end;
-                }
+        lines.push((line.to_string(), heading, blank));
+        blank = false;
+    }
+    // Line `i + 1` continues line `i` (a paragraph wrapped mid-sentence).
+    let continues = |i: usize| {
+        lines.get(i + 1).is_some_and(|(next, _, blank)| {
+            !blank && !ends_prose(&lines[i].0) && next.starts_with(|c: char| c.is_lowercase())
+        })
+    };
+    // A term line: termish, not a row of a run of short lines (a table), not wrapped on into
+    // the next line, and followed by prose (a statement, or a wrapped paragraph).
+    let label: Vec<bool> = (0..lines.len())
+        .map(|i| {
+            let (line, heading, blank) = &lines[i];
+            if *heading {
+                return true;
+            }
+            let in_run = i > 0 && !blank && is_termish(&lines[i - 1].0);
+            let described = lines
+                .get(i + 1)
+                .is_some_and(|(next, _, _)| !is_termish(next) || continues(i + 1));
+            // Across a blank line only a name or a number is taken for a term (`max_workers`,
+            // `65534:`), not a running page header (`Debian Policy Manual, Release 4.6.2.0`).
+            let named = line.split_whitespace().any(is_identifier)
+                || line
+                    .trim_end_matches(':')
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == '-');
+            let apart = lines.get(i + 1).is_some_and(|next| next.2);
+            is_termish(line) && !in_run && !continues(i) && described && (!apart || named)
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut segment = 0usize;
+    let mut after_label = false;
+    let mut i = 0;
+    while i < lines.len() {
+        let (line, _, blank_before) = &lines[i];
+        if !out.is_empty() && (label[i] || (*blank_before && !after_label)) {
+            segment += 1;
+        }
+        if label[i] {
+            out.push(Unit {
+                text: line.clone(),
+                segment,
+                label: true,
+            });
+            after_label = true;
+            i += 1;
+            continue;
+        }
+        after_label = false;
+        // Join the lines of one wrapped paragraph.
+        let mut para = line.clone();
+        while let Some((next, _, _)) = lines.get(i + 1) {
+            let wrapped = continues(i)
+                && !label[i + 1]
+                && !ends_prose(&para)
+                && para.split_whitespace().count() < MAX_JOINED_WORDS;
+            if !wrapped {
+                break;
+            }
+            para.push(' ');
+            para.push_str(next);
+            i += 1;
+        }
+        for s in split_sentences(&para) {
+            out.push(Unit {
+                text: s,
+                segment,
+                label: false,
+            });
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Split one line into sentences at `. ` (or `?`, `!`) before a capital, a digit, `"` or `(`.
+fn split_sentences(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let chars: Vec<(usize, char)> = line.char_indices().collect();
+    let mut start = 0;
+    for (i, &(pos, c)) in chars.iter().enumerate() {
+        if matches!(c, '.' | '?' | '!') {
+            let next = chars.get(i + 1).map(|x| x.1);
+            let after = chars.get(i + 2).map(|x| x.1);
+            let boundary = next == Some(' ')
+                && after.is_some_and(|a| {
+                    a.is_uppercase() || a.is_ascii_digit() || a == '"' || a == '('
+                });
+            if boundary {
+                let end = pos + c.len_utf8();
+                out.push(line[start..end].trim().to_string());
+                start = end;
             }
         }
-        let rest = line[start..].trim();
-        if !rest.is_empty() {
-            out.push(rest.to_string());
-        }
+    }
+    let rest = line[start..].trim();
+    if !rest.is_empty() {
+        out.push(rest.to_string());
     }
     out
 }
 
 struct Passage {
     source: usize,
+    /// The segment of the source, and the sentences of it the window spans.
+    segment: usize,
+    span: (usize, usize),
     text: String,
     score: f64,
     coverage: f64,
+    /// The question's terms the passage covers, with their coverage weights (share of all).
+    covered: Vec<(String, f64)>,
+}
+
+impl Passage {
+    fn overlaps(&self, other: &Passage) -> bool {
+        self.source == other.source
+            && self.segment == other.segment
+            && self.span.0 < other.span.1
+            && other.span.0 < self.span.1
+    }
 }
 
 pub(crate) fn matches_term(word_stems: &HashSet<String>, term: &str) -> bool {
@@ -102,66 +261,160 @@ pub(crate) fn matches_term(word_stems: &HashSet<String>, term: &str) -> bool {
                 .any(|w| w.len() >= 5 && (w.starts_with(term) || term.starts_with(w.as_str()))))
 }
 
+fn stems_of(text: &str) -> HashSet<String> {
+    words(text).iter().map(|w| stem(w).to_string()).collect()
+}
+
+/// The question's terms written as identifiers (`max_workers`, `HISTSIZE`, `os.path.join`,
+/// `--jobs`), stemmed: the entity asked about.
+fn entity_terms(question: &str) -> HashSet<String> {
+    question
+        .split_whitespace()
+        .filter(|t| is_identifier(t))
+        .flat_map(words)
+        .filter(|w| !STOPWORDS.contains(&w.as_str()))
+        .map(|w| stem(&w).to_string())
+        .collect()
+}
+
+/// How much more a term naming the entity asked about weighs than a common one.
+const ENTITY_WEIGHT: f64 = 3.0;
+
+/// A segment of a source: its sentences and the words of the term or heading it is about.
+struct Segment {
+    units: Vec<(Unit, HashSet<String>)>,
+    /// The segment's term line or heading, when it starts with one.
+    label: Option<String>,
+    /// The words the segment is about: its label's, or an identifier its text starts with
+    /// (`HISTSIZE The maximum number...`).
+    key: HashSet<String>,
+}
+
+fn segments(text: &str) -> Vec<Segment> {
+    let mut out: Vec<Segment> = Vec::new();
+    let mut last = usize::MAX;
+    for u in units(text) {
+        let set = stems_of(&u.text);
+        if u.segment != last {
+            last = u.segment;
+            let (label, key) = if u.label {
+                (Some(u.text.clone()), set.clone())
+            } else {
+                let first = u.text.split_whitespace().next().unwrap_or("");
+                let key = if is_identifier(first) {
+                    stems_of(first)
+                } else {
+                    HashSet::new()
+                };
+                (None, key)
+            };
+            out.push(Segment {
+                units: vec![],
+                label,
+                key,
+            });
+        }
+        if let Some(seg) = out.last_mut() {
+            seg.units.push((u, set));
+        }
+    }
+    out
+}
+
 fn best_passages(question: &str, sources: &[Source]) -> Vec<Passage> {
     let q = terms(question);
     if q.is_empty() || sources.is_empty() {
         return vec![];
     }
-    // Sentences per source, with their stemmed word sets.
-    let per_source: Vec<Vec<(String, HashSet<String>)>> = sources
+    let entities = entity_terms(question);
+    let per_source: Vec<Vec<Segment>> = sources.iter().map(|s| segments(&s.text)).collect();
+    // The section each source lies in: its heading path counts toward which passage is
+    // quoted (the entity asked about is often named only there), not toward coverage.
+    let sections: Vec<HashSet<String>> = sources
         .iter()
-        .map(|s| {
-            sentences(&s.text)
-                .into_iter()
-                .map(|t| {
-                    let set = words(&t).iter().map(|w| stem(w).to_string()).collect();
-                    (t, set)
-                })
-                .collect()
-        })
+        .map(|s| s.heading.as_deref().map(stems_of).unwrap_or_default())
         .collect();
-    // IDF of each question term over all sentences: rare terms matter more.
-    let n_sent = per_source.iter().map(|s| s.len()).sum::<usize>().max(1) as f64;
+    // IDF of each question term over all sentences: rare terms matter more; terms naming the
+    // entity asked about matter most.
+    let all_units = || per_source.iter().flatten().flat_map(|seg| seg.units.iter());
+    let n_sent = all_units().count().max(1) as f64;
+    // `weight` measures coverage (what the decline threshold reads); `rank_weight` orders the
+    // passages and counts the entity's terms more.
     let mut weight: HashMap<&str, f64> = HashMap::new();
+    let mut rank_weight: HashMap<&str, f64> = HashMap::new();
     for t in &q {
-        let df = per_source
-            .iter()
-            .flatten()
-            .filter(|(_, set)| matches_term(set, t))
-            .count() as f64;
-        weight.insert(t, (1.0 + n_sent / (1.0 + df)).ln().max(0.1));
+        let df = all_units().filter(|(_, set)| matches_term(set, t)).count() as f64;
+        let idf = (1.0 + n_sent / (1.0 + df)).ln().max(0.1);
+        weight.insert(t, idf);
+        let boost = if entities.contains(t) {
+            ENTITY_WEIGHT
+        } else {
+            1.0
+        };
+        rank_weight.insert(t, idf * boost);
     }
     let total: f64 = weight.values().sum();
+    let rank_total: f64 = rank_weight.values().sum();
     let mut out = Vec::new();
-    for (si, sents) in per_source.iter().enumerate() {
-        for start in 0..sents.len() {
-            let mut text = String::new();
-            let mut set: HashSet<String> = HashSet::new();
-            for sent in sents.iter().skip(start).take(3) {
-                let n_words = text.split_whitespace().count() + sent.0.split_whitespace().count();
-                if !text.is_empty() && n_words > MAX_WINDOW_WORDS {
-                    break;
+    for (si, segs) in per_source.iter().enumerate() {
+        for (gi, seg) in segs.iter().enumerate() {
+            for start in 0..seg.units.len() {
+                let mut text = String::new();
+                let mut set: HashSet<String> = seg.key.clone();
+                let mut statements = 0;
+                for (k, (unit, stems)) in seg.units.iter().enumerate().skip(start).take(3) {
+                    let n_words =
+                        text.split_whitespace().count() + unit.text.split_whitespace().count();
+                    if !text.is_empty() && n_words > MAX_WINDOW_WORDS {
+                        break;
+                    }
+                    if !text.is_empty() {
+                        text.push(' ');
+                    }
+                    text.push_str(&unit.text);
+                    set.extend(stems.iter().cloned());
+                    if !unit.label {
+                        statements += 1;
+                    }
+                    // A window is quoted only when it ends on a statement, never on a bare
+                    // term line or heading.
+                    if unit.label || statements == 0 {
+                        continue;
+                    }
+                    let covered: Vec<&str> = q
+                        .iter()
+                        .filter(|t| matches_term(&set, t))
+                        .map(|t| t.as_str())
+                        .collect();
+                    let coverage = covered.iter().map(|t| weight[t]).sum::<f64>() / total;
+                    let ranked = q
+                        .iter()
+                        .filter(|t| matches_term(&set, t) || matches_term(&sections[si], t))
+                        .map(|t| rank_weight[t.as_str()])
+                        .sum::<f64>()
+                        / rank_total;
+                    let n = text.split_whitespace().count() as f64;
+                    let rank_bonus = 0.08 / (1.0 + si as f64);
+                    let score = ranked + rank_bonus - 0.0025 * n;
+                    // A passage from inside an entry names the entry's term first.
+                    let quoted = match &seg.label {
+                        Some(l) if start > 0 && l.ends_with(':') => format!("{l} {text}"),
+                        Some(l) if start > 0 => format!("{l}: {text}"),
+                        _ => text.clone(),
+                    };
+                    out.push(Passage {
+                        source: si,
+                        segment: gi,
+                        span: (start, k + 1),
+                        text: quoted,
+                        score,
+                        coverage,
+                        covered: covered
+                            .iter()
+                            .map(|t| (t.to_string(), weight[t] / total))
+                            .collect(),
+                    });
                 }
-                if !text.is_empty() {
-                    text.push(' ');
-                }
-                text.push_str(&sent.0);
-                set.extend(sent.1.iter().cloned());
-                let covered: f64 = q
-                    .iter()
-                    .filter(|t| matches_term(&set, t))
-                    .map(|t| weight[t.as_str()])
-                    .sum();
-                let coverage = covered / total;
-                let n = text.split_whitespace().count() as f64;
-                let rank_bonus = 0.08 / (1.0 + si as f64);
-                let score = coverage + rank_bonus - 0.0025 * n;
-                out.push(Passage {
-                    source: si,
-                    text: text.clone(),
-                    score,
-                    coverage,
-                });
             }
         }
     }
@@ -234,7 +487,16 @@ pub fn answer_with_grounding(
     missing_terms: Vec<String>,
     unknown_terms: Vec<String>,
 ) -> (String, Grounding) {
-    let passages = best_passages(question, sources);
+    let all = best_passages(question, sources);
+    // The best passage that covers enough of the question; if none does, the best one (to
+    // report its coverage and decline).
+    let passages: Vec<Passage> = if all.iter().any(|p| p.coverage >= MIN_COVERAGE) {
+        all.into_iter()
+            .filter(|p| p.coverage >= MIN_COVERAGE)
+            .collect()
+    } else {
+        all
+    };
     let mut g = Grounding {
         coverage: passages.first().map(|p| p.coverage).unwrap_or(0.0),
         missing_terms,
@@ -261,18 +523,43 @@ pub fn answer_with_grounding(
         return (DECLINE.to_string(), g);
     }
     let mut out = format!("{} [{}]", best.text, sources[best.source].n);
-    // A second passage from another source when it is nearly as good (questions that need two).
-    if let Some(second) = passages.iter().find(|p| {
-        p.source != best.source && p.score >= best.score * 0.85 && p.coverage >= MIN_COVERAGE
-    }) {
-        if !best.text.contains(&second.text) && !second.text.contains(&best.text) {
-            out.push_str(&format!(
-                "\n\n{} [{}]",
-                second.text, sources[second.source].n
-            ));
-        }
+    if let Some(second) = second_passage(best, &passages) {
+        out.push_str(&format!(
+            "\n\n{} [{}]",
+            second.text, sources[second.source].n
+        ));
     }
     (out, g)
+}
+
+/// Least share of the question a second passage must add to what the first one covers.
+const MIN_GAIN: f64 = 0.15;
+
+/// The passage quoted after the best one, if any: the one that best covers the part of the
+/// question the best passage leaves out (questions that need two facts); else one from
+/// another source that is nearly as good.
+fn second_passage<'a>(best: &Passage, passages: &'a [Passage]) -> Option<&'a Passage> {
+    let distinct = |p: &&Passage| {
+        !p.overlaps(best) && !best.text.contains(&p.text) && !p.text.contains(&best.text)
+    };
+    let has = |t: &str| best.covered.iter().any(|(c, _)| c == t);
+    let gain = |p: &Passage| -> f64 {
+        p.covered
+            .iter()
+            .filter(|(t, _)| !has(t))
+            .map(|(_, w)| w)
+            .sum()
+    };
+    let complement = passages
+        .iter()
+        .filter(distinct)
+        .filter(|p| p.coverage >= MIN_COVERAGE && gain(p) >= MIN_GAIN)
+        .max_by(|a, b| (gain(a) + a.score).total_cmp(&(gain(b) + b.score)));
+    complement.or_else(|| {
+        passages.iter().filter(distinct).find(|p| {
+            p.source != best.source && p.score >= best.score * 0.85 && p.coverage >= MIN_COVERAGE
+        })
+    })
 }
 
 /// Whether an answer declines (for the extractive answerer and for models told how to decline).
@@ -398,6 +685,131 @@ mod tests {
                 "item one"
             ]
         );
+    }
+
+    #[test]
+    fn a_default_is_quoted_from_its_own_definition_entry() {
+        // Reference documentation as a definition list: the sentence before `max_workers`'s
+        // term line states the previous entry's default.
+        let sources = vec![src(
+            1,
+            "max_retries (integer)\nHow many times a request is attempted. The default is 3.\n\
+             max_workers (integer)\nThe number of worker threads in the pool. Defaults to 8.\n\
+             timeout (float)\nSeconds to wait. The default is 2.5.",
+        )];
+        let a = answer("What is the default value of max_workers?", &sources);
+        assert!(a.contains("Defaults to 8."), "{a}");
+        assert!(!a.contains("The default is 3"), "{a}");
+        // Never a bare term line at the end of the quote.
+        assert!(!a.trim_end_matches(" [1]").ends_with("(integer)"), "{a}");
+    }
+
+    #[test]
+    fn a_passage_naming_the_entity_asked_about_beats_common_words() {
+        let sources = vec![
+            src(
+                1,
+                "The history file keeps a default number of lines for many shells.",
+            ),
+            src(
+                2,
+                "HISTFILESIZE The most lines the history file holds. It defaults to 500 lines.",
+            ),
+        ];
+        let a = answer(
+            "How many lines does the history file keep by default with HISTFILESIZE?",
+            &sources,
+        );
+        assert!(a.starts_with("HISTFILESIZE"), "{a}");
+        assert!(a.contains("500"), "{a}");
+    }
+
+    #[test]
+    fn a_passage_inside_an_entry_names_its_term() {
+        let sources = vec![src(
+            1,
+            "-O\nRemove assert statements and any code conditional on __debug__.\n\n\
+             -OO\nDo what -O does. Discard docstrings as well, in addition.",
+        )];
+        let a = answer("Which switch also discards docstrings?", &sources);
+        assert!(a.starts_with("-OO: Discard docstrings"), "{a}");
+    }
+
+    #[test]
+    fn units_join_wrapped_lines_and_start_entries_at_terms() {
+        let u = units(
+            "# Variables\n\nHISTSIZE\nThe number of commands to\nremember. The default\nis 500.\n\
+             \nCRITICAL 50\nERROR 40\n\nNext paragraph.",
+        );
+        let got: Vec<(&str, usize, bool)> = u
+            .iter()
+            .map(|u| (u.text.as_str(), u.segment, u.label))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("Variables", 0, true),
+                ("HISTSIZE", 1, true),
+                ("The number of commands to remember.", 1, false),
+                ("The default is 500.", 1, false),
+                ("CRITICAL 50", 2, false),
+                ("ERROR 40", 2, false),
+                ("Next paragraph.", 3, false),
+            ]
+        );
+        assert!(is_identifier("max_workers") && is_identifier("os.path.join"));
+        assert!(is_identifier("--jobs") && is_identifier("HISTSIZE") && is_identifier("GzipFile"));
+        assert!(!is_identifier("Python") && !is_identifier("default") && !is_identifier("-"));
+    }
+
+    #[test]
+    fn a_second_passage_covers_what_the_first_leaves_out() {
+        // Both parts in one source: the passage quoted first covers one part, and the passage
+        // that covers the rest of the question follows with its citation.
+        let sources = vec![
+            src(
+                1,
+                "The default timeout of the client is 30 seconds.\n\n\
+                 On Windows the client ignores the timeout and waits at most 10 seconds.",
+            ),
+            src(2, "The server has no timeout of its own."),
+        ];
+        let a = answer(
+            "What is the default timeout of the client, and how long does it wait on Windows?",
+            &sources,
+        );
+        assert!(a.contains("30 seconds") && a.contains("10 seconds"), "{a}");
+        assert_eq!(a.matches("[1]").count(), 2, "{a}");
+        // A question one passage answers gets one passage.
+        let a = answer("What is the default timeout of the client?", &sources);
+        assert_eq!(a, "The default timeout of the client is 30 seconds. [1]");
+    }
+
+    #[test]
+    fn numbered_terms_label_their_entry_and_page_headers_do_not() {
+        let sources = vec![src(
+            1,
+            "Debian Policy Manual, Release 4.6.2.0\n\nSome programs should be owned by the user they run as.\n\n\
+             65533:\nReserved.\n\n65534:\nUser nobody. The corresponding gid refers to the group nogroup.",
+        )];
+        let a = answer("Which UID is assigned to the user nobody?", &sources);
+        assert!(a.starts_with("65534: User nobody."), "{a}");
+        let u = units(&sources[0].text);
+        assert!(!u[0].label, "{u:?}");
+        assert!(!is_identifier("4.6.2.0") && !is_identifier("-") && is_identifier("x86_64"));
+    }
+
+    #[test]
+    fn the_section_heading_names_the_entity_of_its_passages() {
+        let mut gzip = src(
+            2,
+            "The level argument is an integer from 0 to 9. The default is 9.",
+        );
+        gzip.heading = Some("gzip - Support for gzip files".into());
+        let sources = vec![src(1, "The zlib module uses a default level of 6."), gzip];
+        let a = answer("What is the default level of gzip?", &sources);
+        assert!(a.starts_with("The level argument"), "{a}");
+        assert!(a.contains("[2]"), "{a}");
     }
 
     #[test]
