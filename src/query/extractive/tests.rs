@@ -1,0 +1,223 @@
+//! The extractive answerer: entry-aware windows, the entity asked about, declines, pieces.
+
+use super::*;
+
+fn src(n: usize, text: &str) -> Source {
+    Source {
+        dense: None,
+        sparse: None,
+        n,
+        chunk_id: format!("c{n}"),
+        doc_id: "d".into(),
+        doc_name: "doc".into(),
+        page: None,
+        heading: None,
+        score: 1.0,
+        text: text.into(),
+        token_count: 10,
+        ord: n as u32,
+        version_key: format!("d{n}@1"),
+        byte_range: (0, text.len()),
+    }
+}
+
+#[test]
+fn quotes_the_covering_passage_with_its_citation() {
+    let sources = vec![
+        src(1, "The gzip module provides a simple interface. It is fast."),
+        src(
+            2,
+            "The compresslevel argument is an integer from 0 to 9 controlling the level of compression. \
+             9 is slowest and produces the most compression. The default is 9.",
+        ),
+    ];
+    let a = answer(
+        "What compression level does gzip.GzipFile use by default?",
+        &sources,
+    );
+    assert!(a.contains("The default is 9."), "{a}");
+    assert!(a.contains("[2]"), "{a}");
+    assert!(!is_decline(&a));
+}
+
+#[test]
+fn declines_when_nothing_covers_the_question() {
+    let sources = vec![src(
+        1,
+        "The gzip module provides a simple interface to compress files.",
+    )];
+    let a = answer(
+        "Does the server support SAML single sign-on with Okta?",
+        &sources,
+    );
+    assert_eq!(a, DECLINE);
+    assert!(is_decline(&a));
+    assert_eq!(answer("what is it?", &[]), DECLINE);
+}
+
+#[test]
+fn declines_a_question_about_something_the_collection_never_names() {
+    let sources = vec![src(
+        1,
+        "Install the tool with the package manager. It needs Python 3.",
+    )];
+    let q = "How do I install pyenv with the package manager?";
+    let missing = missing_words(q, &sources);
+    assert_eq!(missing, vec!["pyenv".to_string()]);
+    // Covered well enough on its own words, but `pyenv` is unknown to the collection.
+    let (a, g) = answer_with_grounding(q, &sources, missing.clone(), missing);
+    assert_eq!(a, DECLINE);
+    assert!(g.coverage >= MIN_COVERAGE, "{g:?}");
+    assert!(g.decline_reason.unwrap().contains("pyenv"));
+    // Known elsewhere in the collection: answered from the best passage.
+    let (a, g) = answer_with_grounding(q, &sources, vec!["pyenv".into()], vec![]);
+    assert!(a.contains("package manager") && a.ends_with("[1]"), "{a}");
+    assert!(g.decline_reason.is_none());
+}
+
+#[test]
+fn sentences_split_on_boundaries_not_decimals() {
+    let s =
+        sentences("# Title\nVersion 3.8 changed it. The default is 9. e.g. this stays\n- item one");
+    assert_eq!(
+        s,
+        vec![
+            "Title",
+            "Version 3.8 changed it.",
+            "The default is 9. e.g. this stays",
+            "item one"
+        ]
+    );
+}
+
+#[test]
+fn a_default_is_quoted_from_its_own_definition_entry() {
+    // Reference documentation as a definition list: the sentence before `max_workers`'s
+    // term line states the previous entry's default.
+    let sources = vec![src(
+        1,
+        "max_retries (integer)\nHow many times a request is attempted. The default is 3.\n\
+         max_workers (integer)\nThe number of worker threads in the pool. Defaults to 8.\n\
+         timeout (float)\nSeconds to wait. The default is 2.5.",
+    )];
+    let a = answer("What is the default value of max_workers?", &sources);
+    assert!(a.contains("Defaults to 8."), "{a}");
+    assert!(!a.contains("The default is 3"), "{a}");
+    // Never a bare term line at the end of the quote.
+    assert!(!a.trim_end_matches(" [1]").ends_with("(integer)"), "{a}");
+}
+
+#[test]
+fn a_passage_naming_the_entity_asked_about_beats_common_words() {
+    let sources = vec![
+        src(
+            1,
+            "The history file keeps a default number of lines for many shells.",
+        ),
+        src(
+            2,
+            "HISTFILESIZE The most lines the history file holds. It defaults to 500 lines.",
+        ),
+    ];
+    let a = answer(
+        "How many lines does the history file keep by default with HISTFILESIZE?",
+        &sources,
+    );
+    assert!(a.starts_with("HISTFILESIZE"), "{a}");
+    assert!(a.contains("500"), "{a}");
+}
+
+#[test]
+fn a_passage_inside_an_entry_names_its_term() {
+    let sources = vec![src(
+        1,
+        "-O\nRemove assert statements and any code conditional on __debug__.\n\n\
+         -OO\nDo what -O does. Discard docstrings as well, in addition.",
+    )];
+    let a = answer("Which switch also discards docstrings?", &sources);
+    assert!(a.starts_with("-OO: Discard docstrings"), "{a}");
+}
+
+#[test]
+fn units_join_wrapped_lines_and_start_entries_at_terms() {
+    let u = units(
+        "# Variables\n\nHISTSIZE\nThe number of commands to\nremember. The default\nis 500.\n\
+         \nCRITICAL 50\nERROR 40\n\nNext paragraph.",
+    );
+    let got: Vec<(&str, usize, bool)> = u
+        .iter()
+        .map(|u| (u.text.as_str(), u.segment, u.label))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("Variables", 0, true),
+            ("HISTSIZE", 1, true),
+            ("The number of commands to remember.", 1, false),
+            ("The default is 500.", 1, false),
+            ("CRITICAL 50", 2, false),
+            ("ERROR 40", 2, false),
+            ("Next paragraph.", 3, false),
+        ]
+    );
+    assert!(is_identifier("max_workers") && is_identifier("os.path.join"));
+    assert!(is_identifier("--jobs") && is_identifier("HISTSIZE") && is_identifier("GzipFile"));
+    assert!(!is_identifier("Python") && !is_identifier("default") && !is_identifier("-"));
+}
+
+#[test]
+fn a_second_passage_covers_what_the_first_leaves_out() {
+    // Both parts in one source: the passage quoted first covers one part, and the passage
+    // that covers the rest of the question follows with its citation.
+    let sources = vec![
+        src(
+            1,
+            "The default timeout of the client is 30 seconds.\n\n\
+             On Windows the client ignores the timeout and waits at most 10 seconds.",
+        ),
+        src(2, "The server has no timeout of its own."),
+    ];
+    let a = answer(
+        "What is the default timeout of the client, and how long does it wait on Windows?",
+        &sources,
+    );
+    assert!(a.contains("30 seconds") && a.contains("10 seconds"), "{a}");
+    assert_eq!(a.matches("[1]").count(), 2, "{a}");
+    // A question one passage answers gets one passage.
+    let a = answer("What is the default timeout of the client?", &sources);
+    assert_eq!(a, "The default timeout of the client is 30 seconds. [1]");
+}
+
+#[test]
+fn numbered_terms_label_their_entry_and_page_headers_do_not() {
+    let sources = vec![src(
+        1,
+        "Debian Policy Manual, Release 4.6.2.0\n\nSome programs should be owned by the user they run as.\n\n\
+         65533:\nReserved.\n\n65534:\nUser nobody. The corresponding gid refers to the group nogroup.",
+    )];
+    let a = answer("Which UID is assigned to the user nobody?", &sources);
+    assert!(a.starts_with("65534: User nobody."), "{a}");
+    let u = units(&sources[0].text);
+    assert!(!u[0].label, "{u:?}");
+    assert!(!is_identifier("4.6.2.0") && !is_identifier("-") && is_identifier("x86_64"));
+}
+
+#[test]
+fn the_section_heading_names_the_entity_of_its_passages() {
+    let mut gzip = src(
+        2,
+        "The level argument is an integer from 0 to 9. The default is 9.",
+    );
+    gzip.heading = Some("gzip - Support for gzip files".into());
+    let sources = vec![src(1, "The zlib module uses a default level of 6."), gzip];
+    let a = answer("What is the default level of gzip?", &sources);
+    assert!(a.starts_with("The level argument"), "{a}");
+    assert!(a.contains("[2]"), "{a}");
+}
+
+#[test]
+fn pieces_rebuild_the_text() {
+    let t = "A quoted answer [1]\n\nmore";
+    assert_eq!(pieces(t).concat(), t);
+    assert!(pieces(t).len() >= 4);
+}
