@@ -112,8 +112,9 @@ pub(crate) fn is_identifier(tok: &str) -> bool {
 }
 
 /// Split a source into sentences grouped in segments. A heading, or a term line followed by
-/// its description, starts a new segment; so does a blank line (except right after a term,
-/// whose description may follow a blank line). Lines wrapped inside a sentence (a line without
+/// its description, starts a new segment; a blank line ends such an entry (except right after
+/// its term, whose description may follow a blank line), while paragraphs of plain prose stay
+/// one segment. Lines wrapped inside a sentence (a line without
 /// closing punctuation followed by one starting in lower case, as PDF text is) are joined.
 pub(crate) fn units(text: &str) -> Vec<Unit> {
     // Non-blank lines: (text, heading, blank line before).
@@ -162,13 +163,19 @@ pub(crate) fn units(text: &str) -> Vec<Unit> {
     let mut out = Vec::new();
     let mut segment = 0usize;
     let mut after_label = false;
+    // Whether the current segment is an entry (it starts with a term line or a heading): a
+    // blank line ends an entry, but paragraphs of plain prose read on into each other, so a
+    // window may join the sentence before a blank line and the one after it.
+    let mut in_entry = false;
     let mut i = 0;
     while i < lines.len() {
         let (line, _, blank_before) = &lines[i];
-        if !out.is_empty() && (label[i] || (*blank_before && !after_label)) {
+        if !out.is_empty() && (label[i] || (*blank_before && in_entry && !after_label)) {
             segment += 1;
+            in_entry = false;
         }
         if label[i] {
+            in_entry = true;
             out.push(Unit {
                 text: line.clone(),
                 segment,
@@ -490,12 +497,10 @@ pub fn answer_with_grounding(
     let all = best_passages(question, sources);
     // The best passage that covers enough of the question; if none does, the best one (to
     // report its coverage and decline).
-    let passages: Vec<Passage> = if all.iter().any(|p| p.coverage >= MIN_COVERAGE) {
-        all.into_iter()
-            .filter(|p| p.coverage >= MIN_COVERAGE)
-            .collect()
+    let passages: Vec<&Passage> = if all.iter().any(|p| p.coverage >= MIN_COVERAGE) {
+        all.iter().filter(|p| p.coverage >= MIN_COVERAGE).collect()
     } else {
-        all
+        all.iter().collect()
     };
     let mut g = Grounding {
         coverage: passages.first().map(|p| p.coverage).unwrap_or(0.0),
@@ -523,7 +528,7 @@ pub fn answer_with_grounding(
         return (DECLINE.to_string(), g);
     }
     let mut out = format!("{} [{}]", best.text, sources[best.source].n);
-    if let Some(second) = second_passage(best, &passages) {
+    if let Some(second) = second_passage(best, &all) {
         out.push_str(&format!(
             "\n\n{} [{}]",
             second.text, sources[second.source].n
@@ -536,8 +541,9 @@ pub fn answer_with_grounding(
 const MIN_GAIN: f64 = 0.15;
 
 /// The passage quoted after the best one, if any: the one that best covers the part of the
-/// question the best passage leaves out (questions that need two facts); else one from
-/// another source that is nearly as good.
+/// question the best passage leaves out (questions that need two facts; it needs no share of
+/// the whole question of its own, only a share of the rest); else one from another source
+/// that is nearly as good.
 fn second_passage<'a>(best: &Passage, passages: &'a [Passage]) -> Option<&'a Passage> {
     let distinct = |p: &&Passage| {
         !p.overlaps(best) && !best.text.contains(&p.text) && !p.text.contains(&best.text)
@@ -553,7 +559,7 @@ fn second_passage<'a>(best: &Passage, passages: &'a [Passage]) -> Option<&'a Pas
     let complement = passages
         .iter()
         .filter(distinct)
-        .filter(|p| p.coverage >= MIN_COVERAGE && gain(p) >= MIN_GAIN)
+        .filter(|p| gain(p) >= MIN_GAIN)
         .max_by(|a, b| (gain(a) + a.score).total_cmp(&(gain(b) + b.score)));
     complement.or_else(|| {
         passages.iter().filter(distinct).find(|p| {

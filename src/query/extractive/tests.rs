@@ -157,7 +157,8 @@ fn units_join_wrapped_lines_and_start_entries_at_terms() {
             ("The default is 500.", 1, false),
             ("CRITICAL 50", 2, false),
             ("ERROR 40", 2, false),
-            ("Next paragraph.", 3, false),
+            // Plain prose after plain prose: one segment (only entries end at a blank line).
+            ("Next paragraph.", 2, false),
         ]
     );
     assert!(is_identifier("max_workers") && is_identifier("os.path.join"));
@@ -167,13 +168,13 @@ fn units_join_wrapped_lines_and_start_entries_at_terms() {
 
 #[test]
 fn a_second_passage_covers_what_the_first_leaves_out() {
-    // Both parts in one source: the passage quoted first covers one part, and the passage
-    // that covers the rest of the question follows with its citation.
+    // The two parts in two entries of one source: the passage quoted first covers one part,
+    // and the passage that covers the rest of the question follows with its citation.
     let sources = vec![
         src(
             1,
-            "The default timeout of the client is 30 seconds.\n\n\
-             On Windows the client ignores the timeout and waits at most 10 seconds.",
+            "timeout\nThe default timeout of the client is 30 seconds.\n\n\
+             windows_wait\nOn Windows the client ignores the timeout and waits at most 10 seconds.",
         ),
         src(2, "The server has no timeout of its own."),
     ];
@@ -185,7 +186,10 @@ fn a_second_passage_covers_what_the_first_leaves_out() {
     assert_eq!(a.matches("[1]").count(), 2, "{a}");
     // A question one passage answers gets one passage.
     let a = answer("What is the default timeout of the client?", &sources);
-    assert_eq!(a, "The default timeout of the client is 30 seconds. [1]");
+    assert_eq!(
+        a, "timeout: The default timeout of the client is 30 seconds. [1]",
+        "{a}"
+    );
 }
 
 #[test]
@@ -220,4 +224,23 @@ fn pieces_rebuild_the_text() {
     let t = "A quoted answer [1]\n\nmore";
     assert_eq!(pieces(t).concat(), t);
     assert!(pieces(t).len() >= 4);
+}
+
+#[test]
+fn prose_paragraphs_read_on_into_each_other() {
+    // Plain prose paragraphs are not entries: a window may join the sentence before a blank
+    // line and the one after it. Here a follow-up made standalone by rule (the follow-up, then
+    // the earlier question's key terms) needs the paragraph about the lamp and the one about
+    // its light; with every paragraph its own segment the answer quoted only the lamp's.
+    let text = "The Harbour Lighthouse.\n\n\
+        The lighthouse lamp turns once every twelve seconds, from dusk to dawn.\n\n\
+        Its white light can be seen twenty miles out at sea on a clear night.\n\n\
+        The keeper's cottage beside the tower is painted blue with a red door.\n";
+    let sources = vec![src(1, text)];
+    let q = crate::query::conversation::rule_rewrite(
+        "How far out can its light be seen?",
+        "How often does the lighthouse lamp turn?",
+    );
+    let a = answer(&q, &sources);
+    assert!(a.contains("twenty miles"), "{q} => {a}");
 }
