@@ -2,6 +2,10 @@
 //! best covers the question (a window of one to three sentences), with its citation, and
 //! declines when no passage covers enough of the question.
 
+mod output;
+
+pub use output::{is_decline, pieces};
+
 use super::engine::Source;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -566,38 +570,6 @@ fn second_passage<'a>(best: &Passage, passages: &'a [Passage]) -> Option<&'a Pas
             p.source != best.source && p.score >= best.score * 0.85 && p.coverage >= MIN_COVERAGE
         })
     })
-}
-
-/// Whether an answer declines (for the extractive answerer and for models told how to decline).
-pub fn is_decline(answer: &str) -> bool {
-    let a = answer.to_lowercase();
-    [
-        "i don't know",
-        "i do not know",
-        "do not contain the answer",
-        "does not contain the answer",
-        "not found in the documents",
-        "cannot find",
-        "no information",
-    ]
-    .iter()
-    .any(|p| a.contains(p))
-}
-
-/// Split an answer into streaming pieces (a word and its trailing space).
-pub fn pieces(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    for c in text.chars() {
-        cur.push(c);
-        if c.is_whitespace() {
-            out.push(std::mem::take(&mut cur));
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
 }
 
 #[cfg(test)]
