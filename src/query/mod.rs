@@ -5,7 +5,7 @@
 //! - `ask/`: `QueryEngine::ask`, the answer as named stages (`prepare` -> `retrieve` ->
 //!   `answer` -> `finish`) handing typed values on; `events.rs` holds what clients receive.
 //! - `context.rs` packs sources into the budget, `prompt.rs` builds the model's messages,
-//!   `extractive.rs` answers without a model, `guard.rs` checks a model's answer against its
+//!   `extractive/` answers without a model, `guard.rs` checks a model's answer against its
 //!   sources, `conversation.rs` rewrites follow-ups and folds old turns into summaries.
 
 mod ask;
