@@ -22,6 +22,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     let app = kb::App::build(cfg).await?;
     let local = listener.local_addr()?;
+    // Take SIGTERM and SIGINT before saying we listen: a signal that arrived between the
+    // "listening" line and a handler installed later killed kb without flushing its index.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     tracing::info!(addr = %local, "kb listening");
     // Tests and scripts read this line to find the port.
     println!("kb listening on http://{local}");
@@ -29,11 +34,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     let core = app.core.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("signal handler");
         tokio::select! {
-            _ = ctrl_c => {},
+            _ = int.recv() => {},
             _ = term.recv() => {},
         }
         tracing::info!("shutting down");

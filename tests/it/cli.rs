@@ -395,3 +395,35 @@ fn ask_server_prints_the_in_process_answer() {
     );
     assert_eq!(String::from_utf8(remote.stdout).unwrap(), answer);
 }
+
+/// A SIGTERM the moment `kb serve` says it listens is a graceful stop (exit 0, index flushed),
+/// never the default action of the signal: the handlers are in place before the line.
+#[test]
+fn sigterm_right_after_listening_is_a_graceful_stop() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    for _ in 0..5 {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kb"));
+        cmd.args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(tmp.path().join("data"))
+            .current_dir(tmp.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        scrub_kb_env(&mut cmd);
+        cmd.env("KB_MODELS_DIR", models_dir());
+        let mut child = cmd.spawn().expect("start kb serve");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(first.starts_with("kb listening on "), "{first}");
+        // SAFETY: a plain kill(2) of our own child.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let status = child.wait().unwrap();
+        assert!(status.success(), "SIGTERM right after start: {status:?}");
+    }
+}
