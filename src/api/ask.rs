@@ -3,7 +3,7 @@
 use super::error::{ApiError, ErrorBody, JsonBody};
 use super::http::{accepts, sse, AppState, RequestId};
 use super::validate::{search_params, valid_conversation_id};
-use crate::error::{ClientError, Code};
+use crate::error::Code;
 use crate::query::{AskEvent, AskParams, Done, Meta, Source};
 use crate::store::SearchMode;
 use axum::extract::State;
@@ -186,12 +186,6 @@ fn sse_event(ev: &AskEvent) -> Event {
     .expect("serialisable event")
 }
 
-/// An answer's error before any of it was sent: its status, with Retry-After when it names a
-/// wait.
-fn ask_error_response(e: ClientError) -> Response {
-    ApiError(e).into_response()
-}
-
 /// Answer a question from a collection, with citations: server-sent events, or one JSON body.
 #[utoipa::path(
     post,
@@ -281,7 +275,7 @@ pub(super) async fn ask(
                     })
                     .into_response());
                 }
-                AskEvent::Error(e) => return Ok(ask_error_response(e)),
+                AskEvent::Error(e) => return Err(ApiError(e)),
             }
         }
         return Err(ApiError::internal(
@@ -295,7 +289,7 @@ pub(super) async fn ask(
     while let Some(ev) = events.next().await {
         match ev {
             AskEvent::Meta(_) => head.push(ev),
-            AskEvent::Error(e) => return Ok(ask_error_response(e)),
+            AskEvent::Error(e) => return Err(ApiError(e)),
             ev => {
                 head.push(ev);
                 break;

@@ -54,7 +54,6 @@ impl QueryEngine {
         Ok(out)
     }
 
-    #[allow(clippy::too_many_arguments)]
     /// A side task (`rewrite`, `summarize`) on its routed model: records the routing and the
     /// call's usage, and returns the model's text, or `None` when the call failed (logged; the
     /// caller falls back to its rule).
