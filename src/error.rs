@@ -63,6 +63,8 @@ codes! {
     /// OpenAI-compatible routes: the `model` names no collection.
     ModelNotFound = "model_not_found", NOT_FOUND, false, false;
     MalformedJson = "malformed_json", BAD_REQUEST, false, false;
+    /// The request body came too slowly (`server.body_timeout_secs`, `body_min_bytes_per_sec`).
+    RequestTimeout = "request_timeout", REQUEST_TIMEOUT, true, false;
     /// A request body over the server's limit (2 MB for JSON).
     BodyTooLarge = "body_too_large", PAYLOAD_TOO_LARGE, false, false;
     /// A body kb could not read as a request.

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod models;
 pub mod query;
 pub mod redis_client;
+pub mod serve;
 pub mod store;
 pub mod usage;
 
@@ -90,7 +91,19 @@ pub struct Core {
     /// Every remote model call goes through it (limits, queues, breakers; model metrics).
     pub governor: Arc<models::governor::Governor>,
     pub tmp_dir: PathBuf,
+    /// The phases of a graceful stop (`kb serve` cancels them).
+    pub stopping: Stopping,
     _lock: DataDirLock,
+}
+
+/// The phases of a graceful stop, for the work that must end in time.
+#[derive(Clone, Default)]
+pub struct Stopping {
+    /// SIGTERM arrived: streams that never end on their own (a job's events) end now, with a
+    /// `shutting_down` error so that their clients reconnect elsewhere.
+    pub draining: tokio_util::sync::CancellationToken,
+    /// The grace is over: answers still streaming end with a `shutting_down` error.
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 fn build_embedder(
@@ -386,6 +399,7 @@ impl Core {
             metrics,
             governor,
             tmp_dir,
+            stopping: Stopping::default(),
             _lock: lock,
         }))
     }

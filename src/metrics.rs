@@ -7,6 +7,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -42,6 +43,10 @@ pub struct Metrics {
     chunks_indexed: Counter,
     /// Embedding calls of ingestion (one per batch of chunks not in the cache).
     ingest_embedding: Histogram,
+    /// Open HTTP connections, and those closed to make room or refused at the cap.
+    connections_open: Gauge,
+    connections_evicted: Counter,
+    connections_refused: Counter,
 }
 
 /// `help` without its final full stop: the registry adds one.
@@ -110,8 +115,25 @@ impl Default for Metrics {
             help("HTTP request latency (to the end of headers for streams)."),
             request_duration.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "kb_http_connections_open",
+            help("Open HTTP connections."),
+            connections_open.clone(),
+        );
+        let closed = Family::<Kind, Counter>::default();
+        let connections_evicted = closed.get_or_create_owned(&[("reason", "evicted")]);
+        let connections_refused = closed.get_or_create_owned(&[("reason", "refused")]);
+        registry.register(
+            "kb_http_connections_shed",
+            help("Connections closed at the cap: an idle one to make room (evicted), or a new one when all were busy (refused)."),
+            closed,
+        );
         Metrics {
             registry,
+            connections_open,
+            connections_evicted,
+            connections_refused,
             requests,
             request_duration,
             answer_cache,
@@ -158,6 +180,22 @@ impl Metrics {
     pub fn indexed(&self, chunks: u64) {
         self.documents_indexed.inc();
         self.chunks_indexed.inc_by(chunks);
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_open.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_open.dec();
+    }
+
+    pub fn connection_evicted(&self) {
+        self.connections_evicted.inc();
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 
     pub fn render(&self) -> String {

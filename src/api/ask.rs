@@ -1,7 +1,7 @@
 //! Search and answers: `POST /v1/search`, `POST /v1/ask` (server-sent events or one JSON body).
 
 use super::error::{ApiError, ErrorBody, JsonBody};
-use super::http::{accepts, sse, AppState, RequestId};
+use super::http::{accepts, sse, until_stopped, AppState, RequestId};
 use super::validate::{search_params, valid_conversation_id};
 use crate::error::Code;
 use crate::query::{AskEvent, AskParams, Done, Meta, Source};
@@ -296,6 +296,7 @@ pub(super) async fn ask(
             }
         }
     }
+    let events = until_stopped(events, core.stopping.closing.clone());
     let stream = futures::stream::iter(head)
         .chain(events)
         .map(|ev| Ok::<Event, Infallible>(sse_event(&ev)));

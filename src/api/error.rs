@@ -97,6 +97,14 @@ impl From<crate::query::QueryError> for ApiError {
     }
 }
 
+/// The client sent its body too slowly (cut by `crate::serve`).
+pub fn slow_body() -> ApiError {
+    ApiError::new(
+        Code::RequestTimeout,
+        "the request body arrived too slowly; send it again",
+    )
+}
+
 /// `Json<T>` whose rejections use the API's error shape.
 pub struct JsonBody<T>(pub T);
 
@@ -110,6 +118,7 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(rej) if crate::serve::is_slow_client(&rej) => Err(slow_body()),
             Err(rej) => Err(match rej {
                 JsonRejection::MissingJsonContentType(_) => ApiError::new(
                     Code::UnsupportedMediaType,

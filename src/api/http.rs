@@ -1,6 +1,8 @@
 //! What every resource module shares: the state handlers get, the request's id, content
 //! negotiation.
 
+use crate::error::{ClientError, Code};
+use crate::query::AskEvent;
 use crate::Core;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +25,37 @@ where
                 .text("keep-alive"),
         )
         .into_response()
+}
+
+/// `events` until `stop` is cancelled; then one `shutting_down` error ends them (each stream
+/// renders it in its own shape), so that a client sees why its answer stopped.
+pub fn until_stopped<S>(
+    events: S,
+    stop: tokio_util::sync::CancellationToken,
+) -> impl futures::Stream<Item = AskEvent> + Send + 'static
+where
+    S: futures::Stream<Item = AskEvent> + Send + 'static,
+{
+    use futures::StreamExt;
+    let events = events.boxed();
+    futures::stream::unfold(Some((events, stop)), |state| async move {
+        let (mut events, stop) = state?;
+        tokio::select! {
+            biased;
+            ev = events.next() => ev.map(|ev| (ev, Some((events, stop)))),
+            _ = stop.cancelled() => Some((AskEvent::Error(shutting_down()), None)),
+        }
+    })
+    .boxed()
+}
+
+/// What a stream cut by a shutdown says.
+pub fn shutting_down() -> ClientError {
+    ClientError::new(
+        Code::ShuttingDown,
+        "kb is shutting down; ask again (another replica, or this one once it is back)",
+    )
+    .with_retry_after(Some(Duration::from_secs(1)))
 }
 
 /// The request's id: the client's `x-request-id` when it is 1-64 printable characters, else

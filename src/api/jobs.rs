@@ -1,7 +1,7 @@
 //! Ingestion jobs: their state, and their progress as server-sent events.
 
 use super::error::{ApiError, ErrorBody};
-use super::http::{sse, AppState};
+use super::http::{shutting_down, sse, AppState};
 use crate::catalog::JobRow;
 use crate::error::Code;
 use axum::extract::{Path, State};
@@ -30,7 +30,8 @@ pub struct JobDeleted {
 
 /// The events of `GET /v1/jobs/{id}/events` (`text/event-stream`): `progress` with the job's
 /// current state, first at once and then on every change; the stream ends after a `progress`
-/// whose status is `done` or `failed`, or after `deleted`. Comments (`: keep-alive`) keep idle
+/// whose status is `done` or `failed`, after `deleted`, or after `error` (`shutting_down`: the
+/// server is stopping; the job resumes at its next start or on another replica). Comments (`: keep-alive`) keep idle
 /// connections open. Here an event is written as `{"event": name, "data": ...}` (this type
 /// describes the stream for the OpenAPI document).
 #[derive(ToSchema)]
@@ -41,6 +42,8 @@ pub enum JobStreamEvent {
     Progress(Box<JobRow>),
     /// The job's document was deleted: no more progress will come.
     Deleted(JobDeleted),
+    /// The server is stopping (`shutting_down`); follow the job again later.
+    Error(ErrorBody),
 }
 
 fn job_not_found(id: &str) -> ApiError {
@@ -87,7 +90,7 @@ fn progress(row: &JobRow) -> Event {
     tag = "jobs",
     params(("id" = String, Path, description = "Job id (from the upload response)")),
     responses(
-        (status = 200, description = "Server-sent events: `progress` (data: the job, as `GET /v1/jobs/{id}`) at once and on every change, until one with status `done` or `failed`; or `deleted` (data: `{\"id\", \"status\": \"deleted\"}`) when the job's document was deleted. `: keep-alive` comments keep the connection open. The schema shows each event as `{\"event\": name, \"data\": ...}`", body = JobStreamEvent, content_type = "text/event-stream"),
+        (status = 200, description = "Server-sent events: `progress` (data: the job, as `GET /v1/jobs/{id}`) at once and on every change, until one with status `done` or `failed`; or `deleted` (data: `{\"id\", \"status\": \"deleted\"}`) when the job's document was deleted; or `error` (data: `ErrorBody`, code `shutting_down`) when the server stops. `: keep-alive` comments keep the connection open. The schema shows each event as `{\"event\": name, \"data\": ...}`", body = JobStreamEvent, content_type = "text/event-stream"),
         (status = 404, description = "`job_not_found`", body = ErrorBody),
         (status = 500, description = "`internal_error` (details in the server log)", body = ErrorBody),
     )
@@ -102,6 +105,7 @@ pub(super) async fn job_events(
         return Err(job_not_found(&id));
     };
     let keep_alive = core.config.server.keep_alive_secs;
+    let draining = core.stopping.draining.clone();
     let stream = async_stream::stream! {
         let done = terminal(&first.status);
         yield Ok::<Event, Infallible>(progress(&first));
@@ -112,6 +116,13 @@ pub(super) async fn job_events(
         loop {
             let next = tokio::select! {
                 r = rx.recv() => r,
+                _ = draining.cancelled() => {
+                    // The job resumes where it stopped, on this replica or another: say so, so
+                    // the client follows it there.
+                    let e = shutting_down();
+                    yield Ok(Event::default().event("error").json_data(ErrorBody::of(&e)).expect("serialisable"));
+                    return;
+                }
                 _ = tick.tick() => {
                     // A job whose document was deleted sends nothing more: notice, and end.
                     if matches!(core.catalog.job(&id).await, Ok(None)) {

@@ -16,7 +16,7 @@ mod upload;
 mod validate;
 mod web;
 
-pub use error::{ApiError, ErrorBody, JsonBody};
+pub use error::{slow_body, ApiError, ErrorBody, JsonBody};
 pub use http::{AppState, RequestId};
 pub use openapi::ApiDoc;
 pub use validate::{search_params, valid_collection};

@@ -83,6 +83,9 @@ fn extract_error(name: &str, e: ExtractError) -> ApiError {
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if crate::serve::is_slow_client(&e) {
+        return super::error::slow_body();
+    }
     let status = e.status();
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(Code::FileTooLarge, e.body_text())

@@ -16,6 +16,8 @@ pub struct ServeArgs {
 
 /// Serve `cfg.server.addr` (the `--addr` override is already in `cfg`).
 pub async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
+    // Before anything opens files: idle clients must not be able to take kb's last descriptor.
+    let nofile = kb::serve::raise_nofile();
     let addr = cfg.server.addr.clone();
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -32,34 +34,30 @@ pub async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
     println!("kb listening on http://{local}");
     let _ = std::io::stdout().flush();
     let core = app.core.clone();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopping = core.stopping.clone();
+    let grace = Duration::from_secs(core.config.server.shutdown_grace_secs);
     tokio::spawn(async move {
         tokio::select! {
             _ = int.recv() => {},
             _ = term.recv() => {},
         }
-        tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
+        tracing::info!(grace_secs = grace.as_secs(), "shutting down");
+        stopping.draining.cancel();
+        // Answers in progress get the grace, less a moment for their streams to end cleanly.
+        tokio::time::sleep(grace.saturating_sub(Duration::from_secs(1))).await;
+        stopping.closing.cancel();
     });
-    let mut graceful = stop_rx.clone();
-    // Streamed answers are many small writes: without TCP_NODELAY, Nagle holds each behind the
-    // client's delayed ACK (~40 ms per event burst on loopback).
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app.router).with_graceful_shutdown(async move {
-        let _ = graceful.wait_for(|stop| *stop).await;
-    });
-    // Open streams (a job's progress, a long answer) get a grace period, not a veto.
-    let mut deadline = stop_rx;
-    tokio::select! {
-        r = std::future::IntoFuture::into_future(server) => r?,
-        _ = async move {
-            let _ = deadline.wait_for(|stop| *stop).await;
-            tokio::time::sleep(Duration::from_secs(10)).await;
-        } => tracing::warn!("streams still open 10 s after the shutdown signal: closing them"),
-    }
+    let limits = kb::serve::ListenLimits::from_config(&core.config.server, nofile);
+    tracing::debug!(?limits, nofile, "connection limits");
+    kb::serve::serve(
+        listener,
+        app.router,
+        limits,
+        core.metrics.clone(),
+        core.stopping.draining.clone(),
+        grace,
+    )
+    .await;
     core.shutdown().await;
     tracing::info!("index flushed; bye");
     Ok(ExitCode::SUCCESS)

@@ -55,6 +55,19 @@ pub struct ServerConfig {
     pub addr: String,
     /// Seconds between `: keep-alive` comments on SSE streams.
     pub keep_alive_secs: u64,
+    /// A request's headers must arrive within this, and so must the next request on a kept-alive
+    /// connection.
+    pub header_timeout_secs: u64,
+    /// A request body may go this long without sending anything...
+    pub body_timeout_secs: u64,
+    /// ...and must keep up this average rate (bytes per second), or it gets 408.
+    pub body_min_bytes_per_sec: u64,
+    /// Open connections at most (kept to half the open-file limit). At the cap the oldest idle
+    /// connection is closed for a new one; a new one is refused only when all are busy.
+    pub max_connections: usize,
+    /// On SIGTERM: seconds that answers in progress get to finish before their streams end with
+    /// a `shutting_down` error.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +75,11 @@ impl Default for ServerConfig {
         ServerConfig {
             addr: "127.0.0.1:8080".into(),
             keep_alive_secs: 10,
+            header_timeout_secs: 15,
+            body_timeout_secs: 15,
+            body_min_bytes_per_sec: 1024,
+            max_connections: 4096,
+            shutdown_grace_secs: 10,
         }
     }
 }

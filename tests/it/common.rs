@@ -56,6 +56,8 @@ pub struct Server {
     env: Vec<(String, String)>,
     /// Where the server's stderr (its log) goes; inherited when `None`.
     log_file: Option<PathBuf>,
+    /// The open-file limit (soft and hard) the server runs under, when set.
+    pub nofile: Option<u64>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -77,6 +79,7 @@ impl Server {
             child: None,
             env,
             log_file: None,
+            nofile: None,
             _tmp: Some(tmp),
         };
         s.spawn();
@@ -95,10 +98,48 @@ impl Server {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             log_file: Some(log.to_path_buf()),
+            nofile: None,
             _tmp: Some(tmp),
         };
         s.spawn();
         s
+    }
+
+    /// Like `start_with`, under an open-file limit of `nofile` (soft and hard).
+    pub fn start_limited(env: &[(&str, &str)], nofile: u64) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Server {
+            base: String::new(),
+            data_dir: tmp.path().join("data"),
+            child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            log_file: None,
+            nofile: Some(nofile),
+            _tmp: Some(tmp),
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Send SIGTERM and return at once (`stop` waits for the exit).
+    pub fn sigterm(&self) {
+        unsafe {
+            libc_kill(self.pid() as i32, 15);
+        }
+    }
+
+    /// The server's open descriptors.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     fn spawn(&mut self) {
@@ -124,6 +165,22 @@ impl Server {
         cmd.env("KB_MODELS_DIR", models_dir());
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some(n) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs in the forked child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut child = cmd.spawn().expect("start kb serve");
         let stdout = child.stdout.take().unwrap();

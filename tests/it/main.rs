@@ -14,6 +14,7 @@ mod embed;
 mod eval;
 mod full_loop;
 mod governor;
+mod limits;
 mod llm;
 mod local_llm;
 mod openai;

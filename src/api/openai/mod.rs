@@ -15,7 +15,7 @@ pub use error::OpenAiErrorBody;
 pub use wire::ChatCompletionChunk;
 
 use super::error::ApiError;
-use super::http::{sse, AppState, RequestId};
+use super::http::{sse, until_stopped, AppState, RequestId};
 use super::validate::{search_params, valid_collection};
 use crate::error::Code;
 use crate::query::{AskEvent, AskParams};
@@ -241,6 +241,7 @@ pub(super) async fn chat_completions(
             }
         }
     }
+    let events = until_stopped(events, core.stopping.closing.clone());
     let events = futures::stream::iter(head).chain(events);
     let stream = async_stream::stream! {
         let mut events = events;

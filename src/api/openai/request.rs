@@ -191,6 +191,9 @@ pub fn question_of(messages: &[Value]) -> Result<String, OpenAiError> {
 
 pub fn parse_request(body: Result<Bytes, BytesRejection>) -> Result<ChatRequest, OpenAiError> {
     let bytes = body.map_err(|rej| {
+        if crate::serve::is_slow_client(&rej) {
+            return OpenAiError::from(crate::api::slow_body().0);
+        }
         let code = if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Code::InvalidBodyTooLarge
         } else {
