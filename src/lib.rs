@@ -7,6 +7,7 @@ pub mod api;
 pub mod cache;
 pub mod catalog;
 pub mod config;
+mod documents;
 pub mod error;
 pub mod eval;
 pub mod info;
@@ -20,8 +21,9 @@ pub mod store;
 pub mod usage;
 
 use anyhow::Context;
-use catalog::{Catalog, NewUpload};
+use catalog::Catalog;
 use config::Config;
+pub use documents::{UploadError, UploadResult};
 use jobs::{Blobs, Ingestor, JobQueue};
 use models::{ChatModel, Embedder};
 use query::{QueryEngine, Visibility};
@@ -56,29 +58,6 @@ impl DataDirLock {
     }
 }
 
-/// Where an upload stands after registration.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-pub struct UploadResult {
-    pub name: String,
-    pub document_id: String,
-    pub job_id: String,
-    pub version: i64,
-    /// The same bytes were already in the collection: nothing new was created.
-    pub duplicate: bool,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum UploadError {
-    #[error("collection `{collection}` was built with `{have}`; this server embeds with `{want}`")]
-    EmbedderMismatch {
-        collection: String,
-        have: String,
-        want: String,
-    },
-    #[error(transparent)]
-    Other(#[from] anyhow::Error),
-}
-
 pub struct Core {
     pub config: Config,
     pub catalog: Catalog,
@@ -93,6 +72,8 @@ pub struct Core {
     pub tmp_dir: PathBuf,
     /// The phases of a graceful stop (`kb serve` cancels them).
     pub stopping: Stopping,
+    /// Held while a collection is deleted, and while an upload makes sure its collection exists.
+    collections_lock: tokio::sync::Mutex<()>,
     _lock: DataDirLock,
 }
 
@@ -347,6 +328,14 @@ impl Core {
                 c.semantic_max_distance,
             ))),
         };
+        // Collections deleted from the catalog before a crash lose their index now.
+        for name in catalog.dropped_collections().await? {
+            if catalog.collection(&name).await?.is_none() {
+                store.drop_collection(&name).await?;
+                catalog.collection_dropped(&name).await?;
+                tracing::info!(collection = %name, "finished deleting a collection");
+            }
+        }
         let ingestor = Arc::new(ingestor);
         let queue = ingestor.start(config.jobs.workers);
         let requeued = ingestor.recover(&queue).await?;
@@ -400,6 +389,7 @@ impl Core {
             governor,
             tmp_dir,
             stopping: Stopping::default(),
+            collections_lock: tokio::sync::Mutex::new(()),
             _lock: lock,
         }))
     }
@@ -449,99 +439,6 @@ impl Core {
     /// A temp file path for an upload in progress.
     pub fn temp_path(&self) -> PathBuf {
         self.tmp_dir.join(uuid::Uuid::new_v4().to_string())
-    }
-
-    /// Register bytes already written to `tmp` (with their sha256) as a document of
-    /// `collection`, and queue its ingestion.
-    pub async fn register(
-        &self,
-        collection: &str,
-        name: &str,
-        tmp: &Path,
-        hash: &str,
-        size: u64,
-    ) -> Result<UploadResult, UploadError> {
-        let model = self.embedder.model_id();
-        let (have, _dim) = self
-            .catalog
-            .ensure_collection(collection, &model, self.embedder.dim())
-            .await
-            .map_err(anyhow::Error::from)?;
-        if have != model {
-            let _ = std::fs::remove_file(tmp);
-            return Err(UploadError::EmbedderMismatch {
-                collection: collection.to_string(),
-                have,
-                want: model,
-            });
-        }
-        self.store
-            .ensure_collection(&store::CollectionSpec {
-                name: collection.to_string(),
-                dim: self.embedder.dim(),
-                model: model.clone(),
-            })
-            .await
-            .map_err(anyhow::Error::from)?;
-        // Blob placement and registration together, so a concurrent blob GC cannot remove the
-        // bytes between the two.
-        let blob_guard = self.ingestor.blob_lock.lock().await;
-        self.ingestor
-            .blobs
-            .put(tmp, hash)
-            .context("storing the upload")?;
-        let doc_id = uuid::Uuid::new_v4().to_string();
-        let job_id = uuid::Uuid::new_v4().to_string();
-        let r = self
-            .catalog
-            .register_upload(collection, name, hash, size as i64, &doc_id, &job_id)
-            .await
-            .map_err(anyhow::Error::from)?;
-        drop(blob_guard);
-        Ok(match r {
-            NewUpload::Existing(d) => UploadResult {
-                name: d.name,
-                document_id: d.id,
-                job_id: d.job_id,
-                version: d.version,
-                duplicate: true,
-            },
-            NewUpload::Created {
-                doc_id,
-                version,
-                job_id,
-                ..
-            } => {
-                self.query
-                    .visibility
-                    .hide(collection, &catalog::version_key(&doc_id, version));
-                self.queue.submit(&job_id);
-                UploadResult {
-                    name: name.to_string(),
-                    document_id: doc_id,
-                    job_id,
-                    version,
-                    duplicate: false,
-                }
-            }
-        })
-    }
-
-    /// Delete a document and all its chunks. Returns false if it did not exist.
-    pub async fn delete_document(&self, id: &str) -> anyhow::Result<bool> {
-        let Some((collection, versions)) = self.catalog.delete_document(id).await? else {
-            return Ok(false);
-        };
-        for v in &versions {
-            self.query.visibility.hide(&collection, &v.key());
-        }
-        for v in &versions {
-            self.ingestor.purge(&collection, &v.key()).await;
-        }
-        for v in &versions {
-            self.ingestor.gc_blob(&v.content_hash).await;
-        }
-        Ok(true)
     }
 
     /// Flush and close the store and the catalog. Jobs still running stay `running` in the

@@ -16,7 +16,10 @@ use utoipa::ToSchema;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/collections", get(list_collections))
-        .route("/v1/collections/{collection}", get(get_collection))
+        .route(
+            "/v1/collections/{collection}",
+            get(get_collection).delete(delete_collection),
+        )
         .route(
             "/v1/collections/{collection}/documents",
             post(upload::upload)
@@ -175,6 +178,32 @@ pub(super) async fn delete_document(
     match core.delete_document(&id).await {
         Ok(true) => Ok(StatusCode::NO_CONTENT),
         Ok(false) => Err(document_not_found(&id)),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
+/// Delete a collection: every document and version, its conversations, and its index. The
+/// name can be used again at once (for a collection built from scratch, with any embedder).
+#[utoipa::path(
+    delete,
+    path = "/v1/collections/{collection}",
+    tag = "collections",
+    params(("collection" = String, Path, description = "Collection name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "`invalid_collection`", body = ErrorBody),
+        (status = 404, description = "`collection_not_found`", body = ErrorBody),
+        (status = 500, description = "`internal_error` (details in the server log)", body = ErrorBody),
+    )
+)]
+pub(super) async fn delete_collection(
+    State(core): State<AppState>,
+    Path(collection): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    valid_collection(&collection)?;
+    match core.delete_collection(&collection).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(ApiError::collection_not_found(&collection)),
         Err(e) => Err(ApiError::internal(e)),
     }
 }

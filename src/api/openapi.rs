@@ -30,6 +30,7 @@ use utoipa::OpenApi;
     paths(
         super::collections::list_collections,
         super::collections::get_collection,
+        super::collections::delete_collection,
         super::upload::upload,
         super::collections::list_documents,
         super::collections::get_document,

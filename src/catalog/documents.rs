@@ -214,6 +214,60 @@ impl Catalog {
         Ok(Some((collection, versions)))
     }
 
+    /// Delete a collection from the catalog: its documents, versions, jobs, conversations and
+    /// pending deletes, in one transaction, leaving a `dropped_collections` row until its index
+    /// is gone too. Returns the versions it had (their bytes may now be unreferenced), or None
+    /// when there is no such collection.
+    pub async fn delete_collection(&self, name: &str) -> Result<Option<Vec<VersionRow>>> {
+        let mut tx = self.write_tx().await?;
+        let exists = sqlx::query("SELECT 1 FROM collections WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if !exists {
+            return Ok(None);
+        }
+        let of_docs = "doc_id IN (SELECT id FROM documents WHERE collection = ?)";
+        let versions = Self::versions_where(&mut tx, of_docs, name).await?;
+        for sql in [
+            format!("DELETE FROM jobs WHERE {of_docs}"),
+            format!("DELETE FROM versions WHERE {of_docs}"),
+            "DELETE FROM documents WHERE collection = ?".into(),
+            "DELETE FROM turns WHERE conversation_id IN (SELECT id FROM conversations WHERE collection = ?)".into(),
+            "DELETE FROM conversations WHERE collection = ?".into(),
+            "DELETE FROM pending_deletes WHERE collection = ?".into(),
+            "DELETE FROM collections WHERE name = ?".into(),
+        ] {
+            sqlx::query(&sql).bind(name).execute(&mut *tx).await?;
+        }
+        sqlx::query(
+            "INSERT INTO dropped_collections (name, created_at) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(versions))
+    }
+
+    /// Collections deleted whose index may still be on disk.
+    pub async fn dropped_collections(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT name FROM dropped_collections")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// The index of a deleted collection is gone.
+    pub async fn collection_dropped(&self, name: &str) -> Result<()> {
+        sqlx::query("DELETE FROM dropped_collections WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn versions_where(
         tx: &mut sqlx::SqliteConnection,
         cond: &str,

@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_caches_usage_conversations.sql"),
     include_str!("../../migrations/0003_job_failures_and_crashes.sql"),
+    include_str!("../../migrations/0004_dropped_collections.sql"),
 ];
 
 async fn migrate(pool: &SqlitePool) -> Result<()> {

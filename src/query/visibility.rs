@@ -37,6 +37,11 @@ impl Visibility {
         }
     }
 
+    /// A deleted collection: nothing of it is left to hide.
+    pub fn forget(&self, collection: &str) {
+        self.hidden.write().unwrap().remove(collection);
+    }
+
     pub fn hidden(&self, collection: &str) -> Vec<String> {
         self.hidden
             .read()

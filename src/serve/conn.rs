@@ -1,7 +1,7 @@
 //! Open connections: which are busy, which may be closed to make room, and the per-connection
 //! service that keeps count.
 
-use super::body::{Guarded, MinRate};
+use super::body::{Busy, Guarded, MinRate};
 use super::ListenLimits;
 use crate::metrics::Metrics;
 use axum::body::Body;
@@ -113,22 +113,6 @@ impl Drop for Slot {
         if inner.open.remove(&self.id).is_some() {
             self.registry.metrics.connection_closed();
         }
-    }
-}
-
-/// One request in progress: counted from its headers until its response body is done.
-pub struct Busy(Arc<AtomicUsize>);
-
-impl Busy {
-    fn new(n: Arc<AtomicUsize>) -> Busy {
-        n.fetch_add(1, Ordering::SeqCst);
-        Busy(n)
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

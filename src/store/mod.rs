@@ -229,6 +229,8 @@ pub trait VectorStore: Send + Sync {
     async fn count(&self, collection: &str, version_key: Option<&str>) -> Result<usize>;
     /// Build indexes (HNSW) and vacuum. Slow; never on a request path.
     async fn optimize(&self, collection: &str) -> Result<bool>;
+    /// Remove a collection and all its points (idempotent: a missing one is fine).
+    async fn drop_collection(&self, collection: &str) -> Result<()>;
     /// Flush and release everything.
     async fn close(&self);
 }

@@ -434,3 +434,110 @@ fn crash_loop_leaves_no_orphaned_or_duplicate_chunks() {
     assert_eq!(c["points"], c["chunks"], "points left after a delete: {c}");
     eprintln!("crash loop took {:?}", started.elapsed());
 }
+
+/// `DELETE /v1/collections/{c}`: documents, conversations, cached answers and the index go;
+/// other collections stay; the name is usable again at once, for new content only.
+#[test]
+fn a_deleted_collection_is_gone_and_its_name_starts_afresh() {
+    let s = Server::start();
+    let docs = [
+        (
+            "ferry.md",
+            b"# Ferry\n\nThe night ferry leaves the north pier at eleven.\n".to_vec(),
+        ),
+        ("mill.md", note(1, 30)),
+    ];
+    let (st, up) = s.upload("gone", &docs);
+    assert_eq!(st, 202, "{up}");
+    let (st, kept) = s.upload(
+        "kept",
+        &[(
+            "dock.md",
+            b"# Dock\n\nThe dock crane lifts nine tonnes.\n".to_vec(),
+        )],
+    );
+    assert_eq!(st, 202, "{kept}");
+    for d in up["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(kept["documents"].as_array().unwrap())
+    {
+        assert_eq!(s.wait_job(d["job_id"].as_str().unwrap())["status"], "done");
+    }
+    let question = json!({"collection": "gone", "question": "When does the night ferry leave?", "stream": false});
+    let (st, first) = s.post_json("/v1/ask", &question);
+    assert_eq!(st, 200, "{first}");
+    let (st, conv) = s.post_json(
+        "/v1/ask",
+        &json!({"collection": "gone", "question": "When does the night ferry leave?", "stream": false, "conversation": true}),
+    );
+    assert_eq!(st, 200, "{conv}");
+    assert_eq!(st, 200, "{first}");
+    assert!(
+        first["answer"].as_str().unwrap().contains("eleven"),
+        "{first}"
+    );
+    let conversation = conv["meta"]["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ferry_id = up["documents"][0]["document_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shard = s.data_dir.join("index/gone");
+    assert!(shard.exists());
+
+    assert_eq!(s.delete("/v1/collections/gone"), 204);
+    assert_eq!(s.get("/v1/collections/gone").0, 404);
+    assert_eq!(s.get("/v1/collections/gone/documents").0, 404);
+    assert_eq!(s.get(&format!("/v1/documents/{ferry_id}")).0, 404);
+    assert_eq!(s.get(&format!("/v1/conversations/{conversation}")).0, 404);
+    let (st, _) = s.post_json(
+        "/v1/search",
+        &json!({"collection": "gone", "query": "ferry"}),
+    );
+    assert_eq!(st, 404);
+    assert!(!shard.exists(), "the index directory is still there");
+    let (_, list) = s.get("/v1/collections");
+    let names: Vec<&str> = list["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["kept"]);
+    assert_eq!(s.search("kept", "dock crane", 1)[0]["doc_name"], "dock.md");
+    assert_eq!(s.delete("/v1/collections/gone"), 404);
+    assert_eq!(s.delete("/v1/collections/..bad"), 400);
+
+    // The name again: a document of the same name with other content. Only it is found, and
+    // the answer is computed anew, not the deleted collection's cached one.
+    let (st, again) = s.upload(
+        "gone",
+        &[(
+            "ferry.md",
+            b"# Ferry\n\nThe night ferry was withdrawn last winter.\n".to_vec(),
+        )],
+    );
+    assert_eq!(st, 202, "{again}");
+    assert_eq!(again["documents"][0]["version"], 1, "{again}");
+    assert_eq!(again["documents"][0]["duplicate"], false);
+    s.wait_job(again["documents"][0]["job_id"].as_str().unwrap());
+    let (_, detail) = s.get("/v1/collections/gone");
+    assert_eq!(detail["documents"], 1, "{detail}");
+    assert_eq!(detail["points"], detail["chunks"], "{detail}");
+    let hits = s.search("gone", "lighthouse keeper logs crossings", 10);
+    assert!(
+        hits.iter().all(|h| h["doc_name"] == "ferry.md"),
+        "old chunks are back: {hits:?}"
+    );
+    let (st, second) = s.post_json("/v1/ask", &question);
+    assert_eq!(st, 200, "{second}");
+    assert_eq!(second["meta"]["cached"], false, "{second}");
+    assert!(
+        !second["answer"].as_str().unwrap().contains("eleven"),
+        "{second}"
+    );
+}

@@ -159,6 +159,9 @@ impl QueryEngine {
         doc_ids.sort();
         let mut parts = vec![
             ("collection", s.collection.clone()),
+            // A collection deleted and made again starts its index version afresh: its
+            // creation time keeps the old one's answers out.
+            ("created", info.created_at.clone()),
             ("index_version", info.index_version.to_string()),
             ("embedder", info.embed_model.clone()),
             ("model", self.model_name()),

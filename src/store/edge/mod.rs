@@ -41,6 +41,9 @@ struct Shard {
     fail_next_flush: std::sync::atomic::AtomicBool,
 }
 
+/// Directories of deleted collections on their way out (not a valid collection name).
+const TRASH_PREFIX: &str = ".dropped-";
+
 pub struct EdgeStore {
     root: PathBuf,
     shards: Arc<RwLock<HashMap<String, Arc<Shard>>>>,
@@ -125,6 +128,14 @@ struct SpecFile {
 impl EdgeStore {
     pub fn new(root: &Path) -> Result<EdgeStore> {
         std::fs::create_dir_all(root).map_err(err)?;
+        // What a collection deletion could not remove before a crash.
+        if let Ok(entries) = std::fs::read_dir(root) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(TRASH_PREFIX) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let bm25 = EdgeBm25::new(EdgeBm25Config {
             language: Some("english".into()),
             ..Default::default()
@@ -516,6 +527,44 @@ impl VectorStore for EdgeStore {
             let _w = shard.lock_writes();
             shard.flush()?;
             Ok(changed)
+        })
+        .await
+    }
+
+    async fn drop_collection(&self, collection: &str) -> Result<()> {
+        self.check_open()?;
+        let (root, name, shards, opening) = (
+            self.root.clone(),
+            collection.to_string(),
+            self.shards.clone(),
+            self.opening.clone(),
+        );
+        blocking(move || {
+            // No open of the same name while it goes.
+            let _opening = opening.lock().unwrap_or_else(|p| p.into_inner());
+            let shard = shards.write().unwrap().remove(&name);
+            if let Some(shard) = shard {
+                // Out of the map, no new call finds it; let the writes and the optimisation
+                // under way finish, and the searches holding it let go.
+                drop(shard.lock_writes());
+                drop(shard.optimizing.lock().unwrap_or_else(|p| p.into_inner()));
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while Arc::strong_count(&shard) > 1 && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                drop(shard);
+            }
+            let dir = root.join(&name);
+            if dir.exists() {
+                // Renamed first: a collection of the same name made next finds a clean place,
+                // whatever the removal below leaves (it is retried at the next start).
+                let trash = root.join(format!("{TRASH_PREFIX}{}", uuid::Uuid::new_v4()));
+                std::fs::rename(&dir, &trash).map_err(err)?;
+                if let Err(e) = std::fs::remove_dir_all(&trash) {
+                    tracing::warn!(error = %e, dir = %trash.display(), "removing a deleted collection's index");
+                }
+            }
+            Ok(())
         })
         .await
     }
