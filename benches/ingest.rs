@@ -18,7 +18,7 @@ use common::{
     env_usize, mb, num, per_sec, pin_current_thread, pin_timer_thread, ratio, root, sections,
     time_per_call, unpin_current_thread, wanted, Table,
 };
-use kb::models::local_embed::{Engine, LocalEmbedder, Precision};
+use kb::models::local_embed::{Engine, LocalEmbedder, Precision, QueueLimits};
 use kb::models::{Embedder, Priority};
 use kb_ingest::{Chunk, ChunkConfig, ExtractedDoc, Heading, Limits, MediaType};
 use std::path::{Path, PathBuf};
@@ -558,7 +558,7 @@ fn embedding(tokenizer: &Tokenizer, chunks: &[Chunk], rounds: usize) -> Result<(
     for (name, e, p) in engines {
         loaded.push((
             name,
-            LocalEmbedder::load_with(&dir, MODEL, e, 0, p)
+            LocalEmbedder::load_with(&dir, MODEL, e, 0, p, QueueLimits::default())
                 .with_context(|| format!("loading the embedder from {}", dir.display()))?,
         ));
     }

@@ -106,6 +106,10 @@ fn build_embedder(
                 e.engine,
                 e.threads,
                 e.precision.into(),
+                models::local_embed::QueueLimits {
+                    max_waiting: e.queue_size,
+                    bulk_slice: e.bulk_slice,
+                },
             )?))
         }
         config::EmbeddingProvider::Openai => {

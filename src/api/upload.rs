@@ -24,6 +24,8 @@ struct Staged {
     tmp: std::path::PathBuf,
     hash: String,
     size: u64,
+    /// The whole file is valid UTF-8.
+    utf8: bool,
 }
 
 /// Temp files of a request, removed unless handed over.
@@ -97,13 +99,20 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     }
 }
 
-/// Check what can be checked without parsing: type, UTF-8 for text, PDF truncation.
-async fn check_file(st: &Staged, head: &[u8], declared: Option<&str>) -> Result<(), ApiError> {
+/// Check what can be checked without parsing: type (from the first bytes), UTF-8 for text
+/// (judged while the file streamed in, never by reading it back whole), the text size limit,
+/// PDF truncation.
+async fn check_file(
+    st: &Staged,
+    head: &[u8],
+    declared: Option<&str>,
+    max_text: u64,
+) -> Result<(), ApiError> {
     if st.size == 0 {
         return Err(extract_error(&st.name, ExtractError::Empty));
     }
     let media = kb_ingest::sniff(head, &st.name, declared).or_else(|e| match e {
-        // The head may end inside a multi-byte character: judge UTF-8 on the whole file below.
+        // The head may end inside a multi-byte character: the whole file is judged below.
         ExtractError::InvalidUtf8 => Ok(MediaType::Text),
         e => Err(e),
     });
@@ -119,9 +128,56 @@ async fn check_file(st: &Staged, head: &[u8], declared: Option<&str>) -> Result<
         }
         return Ok(());
     }
-    let bytes = tokio::fs::read(&st.tmp).await.map_err(ApiError::internal)?;
-    kb_ingest::sniff(&bytes, &st.name, declared).map_err(|e| extract_error(&st.name, e))?;
+    if !st.utf8 {
+        return Err(extract_error(&st.name, ExtractError::InvalidUtf8));
+    }
+    // Text and Markdown are their own text: over the limit they could never be indexed. (HTML
+    // loses its markup first and is judged after extraction.)
+    if matches!(media, MediaType::Text | MediaType::Markdown) && st.size > max_text {
+        return Err(ApiError::new(
+            Code::FileTooLarge,
+            format!(
+                "{}: {} bytes of text is over the limit of {max_text} bytes that one document may have",
+                st.name, st.size
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// UTF-8 validity of a byte stream, judged chunk by chunk (a character may span two chunks).
+#[derive(Default)]
+struct Utf8Stream {
+    carry: Vec<u8>,
+    bad: bool,
+}
+
+impl Utf8Stream {
+    fn feed(&mut self, chunk: &[u8]) {
+        if self.bad {
+            return;
+        }
+        let joined;
+        let bytes: &[u8] = if self.carry.is_empty() {
+            chunk
+        } else {
+            let mut v = std::mem::take(&mut self.carry);
+            v.extend_from_slice(chunk);
+            joined = v;
+            &joined
+        };
+        if let Err(e) = std::str::from_utf8(bytes) {
+            match e.error_len() {
+                // Cut off at the end: the rest comes in the next chunk.
+                None => self.carry = bytes[e.valid_up_to()..].to_vec(),
+                Some(_) => self.bad = true,
+            }
+        }
+    }
+
+    fn valid(&self) -> bool {
+        !self.bad && self.carry.is_empty()
+    }
 }
 
 async fn read_tail(path: &std::path::Path, n: u64) -> std::io::Result<Vec<u8>> {
@@ -196,6 +252,7 @@ pub async fn upload(
     })?;
     let limit = core.config.limits.max_upload_bytes;
     let max_files = core.config.limits.max_files_per_request;
+    let max_text = core.ingestor.limits.max_text_bytes as u64;
     let mut staged: Vec<Staged> = Vec::new();
     let mut cleanup = Cleanup(Vec::new());
     while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
@@ -218,6 +275,7 @@ pub async fn upload(
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
         let mut head: Vec<u8> = Vec::with_capacity(1024);
+        let mut utf8 = Utf8Stream::default();
         while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
             size += chunk.len() as u64;
             if size > limit {
@@ -236,6 +294,7 @@ pub async fn upload(
                 head.extend_from_slice(&chunk[..take]);
             }
             hasher.update(&chunk);
+            utf8.feed(&chunk);
             file.write_all(&chunk).await.map_err(ApiError::internal)?;
         }
         file.flush().await.map_err(ApiError::internal)?;
@@ -246,8 +305,9 @@ pub async fn upload(
             tmp,
             hash: hex::encode(hasher.finalize()),
             size,
+            utf8: utf8.valid(),
         };
-        check_file(&st, &head, declared.as_deref()).await?;
+        check_file(&st, &head, declared.as_deref(), max_text).await?;
         staged.push(st);
     }
     if staged.is_empty() {
@@ -283,6 +343,32 @@ pub async fn upload(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utf8_is_judged_across_chunk_boundaries() {
+        let text = "naïve café — 日本語 😀 end".as_bytes();
+        for cut in 0..text.len() {
+            let mut u = Utf8Stream::default();
+            u.feed(&text[..cut]);
+            u.feed(&text[cut..]);
+            assert!(u.valid(), "cut at {cut}");
+        }
+        // Byte by byte.
+        let mut u = Utf8Stream::default();
+        for b in text {
+            u.feed(std::slice::from_ref(b));
+        }
+        assert!(u.valid());
+        // An invalid byte anywhere, and a character cut off at the very end.
+        let mut u = Utf8Stream::default();
+        u.feed(b"fine so far ");
+        u.feed(b"\xff then more");
+        assert!(!u.valid());
+        let mut u = Utf8Stream::default();
+        u.feed(&text[..text.len() - 5]);
+        u.feed(&"😀".as_bytes()[..2]);
+        assert!(!u.valid());
+    }
 
     #[test]
     fn filenames_with_paths_or_controls_are_rejected() {

@@ -26,9 +26,13 @@ pub struct EmbeddingConfig {
     /// Remote embedder: requests and tokens per minute (0 = unlimited).
     pub rpm: u32,
     pub tpm: u32,
-    /// Remote embedder: requests in flight at once, and calls waiting per priority.
+    /// Remote embedder: requests in flight at once. Calls waiting per priority (local embedder:
+    /// questions waiting; one more is refused with 429 and Retry-After).
     pub max_concurrency: usize,
     pub queue_size: usize,
+    /// Local embedder: an ingestion batch runs this many texts at a time, with questions that
+    /// arrived meanwhile served in between.
+    pub bulk_slice: usize,
     /// Remote embedder: one request carries at most this many texts and tokens.
     pub max_batch_texts: usize,
     pub max_batch_tokens: usize,
@@ -50,6 +54,7 @@ impl Default for EmbeddingConfig {
             tpm: 0,
             max_concurrency: 4,
             queue_size: 64,
+            bulk_slice: 2,
             max_batch_texts: 64,
             max_batch_tokens: 8192,
         }

@@ -182,6 +182,7 @@ impl Ingestor {
                         return;
                     }
                     this.run(&id).await;
+                    release_free_memory();
                 }
             });
         }
@@ -566,5 +567,16 @@ impl Ingestor {
                 }
             }
         });
+    }
+}
+
+/// Hand memory freed by a finished job back to the system: a large document's text, chunks and
+/// vectors leave glibc's heap fragmented, and without this the process kept its peak (431 MB
+/// after one 50 MB HTML file) for good.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own heap to the system.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

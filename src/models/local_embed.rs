@@ -6,8 +6,11 @@
 //! not equal to f32's, so it has its own model id (embedding cache, collections, eval history).
 //!
 //! One dedicated thread runs the model; requests wait in two queues and interactive ones are
-//! always served before bulk ones, so a question never waits behind a large upload's backlog
-//! for more than one batch.
+//! always served before bulk ones. A bulk batch is run a few texts at a time, with the
+//! interactive queue served between the slices, so a question waits for at most one slice of an
+//! upload's batch, not the whole batch. The interactive queue is bounded: when it is full, a
+//! question is refused at once (`Overloaded`, 429 with Retry-After) instead of joining a queue
+//! that would keep it waiting for seconds.
 
 use super::*;
 use candle_core::{DType, Device, Tensor};
@@ -37,6 +40,28 @@ struct Queues {
 struct Shared {
     queues: Mutex<Queues>,
     ready: Condvar,
+    /// Interactive requests waiting at most; more are refused.
+    max_waiting: usize,
+    /// Texts of a bulk batch run between two looks at the interactive queue.
+    bulk_slice: usize,
+    /// Recent time of one interactive request (microseconds, smoothed): the Retry-After estimate.
+    interactive_us: std::sync::atomic::AtomicU64,
+}
+
+/// How many interactive requests may wait, and how finely bulk batches are cut.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_waiting: usize,
+    pub bulk_slice: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits {
+            max_waiting: 64,
+            bulk_slice: 2,
+        }
+    }
 }
 
 pub use kb_bert::Precision;
@@ -132,7 +157,14 @@ impl Model {
 impl LocalEmbedder {
     /// Load from `dir` with the native engine on every core, and start the model thread.
     pub fn load(dir: &Path, name: &str) -> Result<LocalEmbedder> {
-        LocalEmbedder::load_with(dir, name, Engine::Native, 0, Precision::F32)
+        LocalEmbedder::load_with(
+            dir,
+            name,
+            Engine::Native,
+            0,
+            Precision::F32,
+            QueueLimits::default(),
+        )
     }
 
     /// Load from `dir` with `engine` using `threads` cores (0 = all) and start the model thread.
@@ -143,6 +175,7 @@ impl LocalEmbedder {
         engine: Engine,
         threads: usize,
         precision: Precision,
+        limits: QueueLimits,
     ) -> Result<LocalEmbedder> {
         if engine == Engine::Candle && precision != Precision::F32 {
             return Err(ModelError::Inference(
@@ -228,6 +261,9 @@ impl LocalEmbedder {
         let shared = Arc::new(Shared {
             queues: Mutex::new(Queues::default()),
             ready: Condvar::new(),
+            max_waiting: limits.max_waiting.max(1),
+            bulk_slice: limits.bulk_slice.max(1),
+            interactive_us: std::sync::atomic::AtomicU64::new(20_000),
         });
         let s2 = shared.clone();
         std::thread::Builder::new()
@@ -257,35 +293,84 @@ impl Drop for LocalEmbedder {
     }
 }
 
-fn run(model: Model, shared: Arc<Shared>) {
+enum Next {
+    Interactive(Job),
+    Bulk(Job),
+}
+
+fn next_job(shared: &Shared, bulk_too: bool) -> Option<Next> {
+    let mut q = shared.queues.lock().unwrap();
     loop {
-        let job = {
-            let mut q = shared.queues.lock().unwrap();
-            loop {
-                if let Some(j) = q.interactive.pop_front() {
-                    break Some(j);
-                }
-                if let Some(j) = q.bulk.pop_front() {
-                    break Some(j);
-                }
-                if q.closed {
-                    break None;
-                }
-                q = shared.ready.wait(q).unwrap();
+        if let Some(j) = q.interactive.pop_front() {
+            return Some(Next::Interactive(j));
+        }
+        if !bulk_too {
+            return None;
+        }
+        if let Some(j) = q.bulk.pop_front() {
+            return Some(Next::Bulk(j));
+        }
+        if q.closed {
+            return None;
+        }
+        q = shared.ready.wait(q).unwrap();
+    }
+}
+
+fn run_one(model: &Model, shared: &Shared, job: Job) {
+    if job.reply.is_closed() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let r = model.embed(&job.texts);
+    let us = started.elapsed().as_micros() as u64;
+    // An exponential average over the last few requests.
+    let old = shared
+        .interactive_us
+        .load(std::sync::atomic::Ordering::Relaxed);
+    shared
+        .interactive_us
+        .store((old * 7 + us) / 8, std::sync::atomic::Ordering::Relaxed);
+    let _ = job.reply.send(r);
+}
+
+fn run(model: Model, shared: Arc<Shared>) {
+    while let Some(next) = next_job(&shared, true) {
+        let job = match next {
+            Next::Interactive(job) => {
+                run_one(&model, &shared, job);
+                continue;
             }
+            Next::Bulk(job) => job,
         };
-        let Some(job) = job else { return };
         if job.reply.is_closed() {
             continue;
         }
         let started = std::time::Instant::now();
-        let r = model.embed(&job.texts);
+        let mut out = Vec::with_capacity(job.texts.len());
+        let mut failed = None;
+        for slice in job.texts.chunks(shared.bulk_slice) {
+            // Questions that arrived meanwhile go first.
+            while let Some(Next::Interactive(q)) = next_job(&shared, false) {
+                run_one(&model, &shared, q);
+            }
+            match model.embed(slice) {
+                Ok(v) => out.extend(v),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
         tracing::debug!(
             texts = job.texts.len(),
             ms = started.elapsed().as_millis() as u64,
             "embed batch"
         );
-        let _ = job.reply.send(r);
+        let _ = job.reply.send(match failed {
+            Some(e) => Err(e),
+            None => Ok(out),
+        });
     }
 }
 
@@ -327,6 +412,18 @@ impl Embedder for LocalEmbedder {
             }
             let job = Job { texts, reply: tx };
             match priority {
+                Priority::Interactive if q.interactive.len() >= self.shared.max_waiting => {
+                    // The wait for the queue ahead, roughly; at least a second.
+                    let each = self
+                        .shared
+                        .interactive_us
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    let wait = (q.interactive.len() as f64 * each as f64 / 1e6).max(1.0);
+                    return Err(ModelError::Overloaded {
+                        upstream: self.model_id(),
+                        retry_after_secs: wait.ceil(),
+                    });
+                }
                 Priority::Interactive => q.interactive.push_back(job),
                 Priority::Bulk => q.bulk.push_back(job),
             }

@@ -3,7 +3,7 @@
 //! vector does not depend on what it is batched with.
 
 use crate::common::*;
-use kb::models::local_embed::{Engine, LocalEmbedder, Precision};
+use kb::models::local_embed::{Engine, LocalEmbedder, Precision, QueueLimits};
 use kb::models::{Embedder, Priority};
 
 fn cos(a: &[f32], b: &[f32]) -> f32 {
@@ -13,12 +13,24 @@ fn cos(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn native_engine_matches_candle() {
     let dir = models_dir().join("all-MiniLM-L6-v2");
-    let candle =
-        LocalEmbedder::load_with(&dir, "all-MiniLM-L6-v2", Engine::Candle, 2, Precision::F32)
-            .unwrap();
-    let native =
-        LocalEmbedder::load_with(&dir, "all-MiniLM-L6-v2", Engine::Native, 2, Precision::F32)
-            .unwrap();
+    let candle = LocalEmbedder::load_with(
+        &dir,
+        "all-MiniLM-L6-v2",
+        Engine::Candle,
+        2,
+        Precision::F32,
+        QueueLimits::default(),
+    )
+    .unwrap();
+    let native = LocalEmbedder::load_with(
+        &dir,
+        "all-MiniLM-L6-v2",
+        Engine::Native,
+        2,
+        Precision::F32,
+        QueueLimits::default(),
+    )
+    .unwrap();
     let long = std::fs::read_to_string(root().join("tests/fixtures/eval/docs/lighthouse.md"))
         .unwrap()
         .repeat(3); // past the 256-token input: both must truncate the same way
@@ -96,17 +108,37 @@ fn int8_texts() -> Vec<String> {
 #[test]
 fn int8_engine_is_close_to_f32_and_batch_independent() {
     let dir = models_dir().join("all-MiniLM-L6-v2");
-    let f32e =
-        LocalEmbedder::load_with(&dir, "all-MiniLM-L6-v2", Engine::Native, 2, Precision::F32)
-            .unwrap();
-    let int8 =
-        LocalEmbedder::load_with(&dir, "all-MiniLM-L6-v2", Engine::Native, 2, Precision::Int8)
-            .unwrap();
+    let f32e = LocalEmbedder::load_with(
+        &dir,
+        "all-MiniLM-L6-v2",
+        Engine::Native,
+        2,
+        Precision::F32,
+        QueueLimits::default(),
+    )
+    .unwrap();
+    let int8 = LocalEmbedder::load_with(
+        &dir,
+        "all-MiniLM-L6-v2",
+        Engine::Native,
+        2,
+        Precision::Int8,
+        QueueLimits::default(),
+    )
+    .unwrap();
     // Cached or stored f32 vectors must never be taken for int8 ones.
     assert_ne!(f32e.model_id(), int8.model_id());
     assert_eq!(f32e.model_id(), "local:all-MiniLM-L6-v2");
     assert!(
-        LocalEmbedder::load_with(&dir, "m", Engine::Candle, 1, Precision::Int8).is_err(),
+        LocalEmbedder::load_with(
+            &dir,
+            "m",
+            Engine::Candle,
+            1,
+            Precision::Int8,
+            QueueLimits::default()
+        )
+        .is_err(),
         "candle has no int8 path"
     );
     let texts = int8_texts();
@@ -176,9 +208,15 @@ const INT8_MIN_COSINE: f32 = 0.995;
 #[test]
 fn every_length_embeds_alone_and_batched() {
     let dir = models_dir().join("all-MiniLM-L6-v2");
-    let native =
-        LocalEmbedder::load_with(&dir, "all-MiniLM-L6-v2", Engine::Native, 0, Precision::F32)
-            .unwrap();
+    let native = LocalEmbedder::load_with(
+        &dir,
+        "all-MiniLM-L6-v2",
+        Engine::Native,
+        0,
+        Precision::F32,
+        QueueLimits::default(),
+    )
+    .unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -330,3 +330,118 @@ fn sigterm_ends_streams_with_an_error_not_a_cut() {
     let row = s.wait_job(&job);
     assert_eq!(row["status"], "done", "{row}");
 }
+
+/// The server's peak resident memory (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A plain-text upload over the text limit of one document (64 MiB) is refused at once with
+/// 413, not accepted and failed later; checking it (type, UTF-8, size) never holds the file in
+/// memory; the stored collection is untouched.
+#[test]
+fn an_oversized_text_upload_is_refused_at_once_and_never_buffered() {
+    let s = Server::start();
+    let (st, up) = s.upload(
+        "big",
+        &[("keep.md", b"# Keep\n\nThe keep has four towers.\n".to_vec())],
+    );
+    assert_eq!(st, 202, "{up}");
+    s.wait_job(up["documents"][0]["job_id"].as_str().unwrap());
+    let before = peak_rss_kib(s.pid());
+    let line =
+        "Seventy megabytes of plain text, one line after another, all of it valid UTF-8 é.\n";
+    let mut text = String::with_capacity(70 << 20);
+    while text.len() < 70 << 20 {
+        text.push_str(line);
+    }
+    let (st, body) = s.upload("big", &[("huge.txt", text.into_bytes())]);
+    assert_eq!(st, 413, "{body}");
+    assert_eq!(body["error"]["code"], "file_too_large", "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("text"),
+        "{body}"
+    );
+    let grew_mib = peak_rss_kib(s.pid()).saturating_sub(before) / 1024;
+    eprintln!("peak RSS grew {grew_mib} MiB for a 70 MiB upload");
+    assert!(
+        grew_mib < 35,
+        "the upload was held in memory: +{grew_mib} MiB"
+    );
+    let (_, detail) = s.get("/v1/collections/big");
+    assert_eq!(detail["documents"], 1, "{detail}");
+    assert_eq!(s.search("big", "four towers", 1)[0]["doc_name"], "keep.md");
+}
+
+/// 64 clients searching at once against a local embedder that lets 2 questions wait: the
+/// excess is refused at once with 429 `overloaded` and a Retry-After, never queued into
+/// seconds of waiting and never a 5xx; searches work again right after.
+#[test]
+fn a_flood_of_searches_is_shed_with_429() {
+    let s = Server::start_with(&[("KB_EMBEDDING__QUEUE_SIZE", "2")]);
+    let (st, up) = s.upload(
+        "shed",
+        &[(
+            "canal.md",
+            b"# Canal\n\nThe canal freezes over in January most winters.\n".to_vec(),
+        )],
+    );
+    assert_eq!(st, 202, "{up}");
+    s.wait_job(up["documents"][0]["job_id"].as_str().unwrap());
+    let base = s.base.clone();
+    let threads: Vec<_> = (0..64)
+        .map(|t| {
+            let base = base.clone();
+            std::thread::spawn(move || {
+                let c = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(60))
+                    .build()
+                    .unwrap();
+                let mut out = Vec::new();
+                for i in 0..4 {
+                    // Distinct questions: nothing is answered from a cache.
+                    let q =
+                        format!("when does the canal freeze, asks client {t} for the {i}th time");
+                    let r = c
+                        .post(format!("{base}/v1/search"))
+                        .json(&json!({"collection": "shed", "query": q, "top_k": 3}))
+                        .send()
+                        .unwrap();
+                    let status = r.status().as_u16();
+                    let retry = r
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    let body: Value = r.json().unwrap_or(Value::Null);
+                    out.push((status, retry, body));
+                }
+                out
+            })
+        })
+        .collect();
+    let results: Vec<(u16, Option<u64>, Value)> = threads
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let shed: Vec<_> = results.iter().filter(|r| r.0 == 429).collect();
+    eprintln!("{ok} answered, {} refused of {}", shed.len(), results.len());
+    assert!(
+        results.iter().all(|r| r.0 == 200 || r.0 == 429),
+        "{:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+    assert!(ok > 0, "nothing answered");
+    assert!(!shed.is_empty(), "nothing refused: the flood was queued");
+    for (_, retry, body) in &shed {
+        assert_eq!(body["error"]["code"], "overloaded", "{body}");
+        assert!(retry.is_some_and(|s| s >= 1), "no Retry-After: {body}");
+    }
+    assert!(!s.search("shed", "canal freezes", 1).is_empty());
+}
