@@ -109,7 +109,7 @@ impl Core {
                 self.query
                     .visibility
                     .hide(collection, &catalog::version_key(&doc_id, version));
-                self.queue.submit(&job_id);
+                self.queue.submit(collection, &job_id);
                 UploadResult {
                     name: name.to_string(),
                     document_id: doc_id,

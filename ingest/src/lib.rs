@@ -23,6 +23,9 @@ pub struct Limits {
     pub max_pages: usize,
     /// Wall-clock limit for PDF extraction (the child is killed after it).
     pub max_time: Duration,
+    /// A PDF's pages report progress: a child that has finished no page for this long is
+    /// stopped before `max_time` (a page the parser spins on).
+    pub max_stall: Duration,
     /// Address-space limit of the PDF extraction child, in bytes. Caps decompressed data too.
     pub max_memory_bytes: u64,
     /// Largest amount of extracted text accepted, in bytes.
@@ -35,6 +38,7 @@ impl Default for Limits {
             max_bytes: 100 * 1024 * 1024,
             max_pages: 5_000,
             max_time: Duration::from_secs(120),
+            max_stall: Duration::from_secs(30),
             max_memory_bytes: 2 * 1024 * 1024 * 1024,
             max_text_bytes: 64 * 1024 * 1024,
         }
@@ -120,6 +124,8 @@ pub enum ExtractError {
     Pdf(String),
     #[error("extraction took longer than {0:?} and was stopped")]
     Timeout(Duration),
+    #[error("extraction made no progress for {0:?} (a page the PDF parser could not finish) and was stopped")]
+    Stalled(Duration),
     #[error("extraction exceeded its resource limits ({0})")]
     ResourceLimit(String),
     #[error("extraction failed: {0}")]

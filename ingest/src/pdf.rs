@@ -16,6 +16,16 @@ use std::time::{Duration, Instant};
 
 const RESULT_MARKER: &[u8] = b"\n--KB-EXTRACT-RESULT--\n";
 
+/// Set in the extraction child: its progress (a byte on stderr per PDF page) is watched.
+static HEARTBEAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A page done (in the child; nothing elsewhere).
+fn beat() {
+    if HEARTBEAT.load(std::sync::atomic::Ordering::Relaxed) {
+        let _ = std::io::stderr().write_all(b".");
+    }
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 enum ChildResult {
     Doc(ExtractedDoc),
@@ -52,6 +62,7 @@ pub fn extract_pages(bytes: &[u8], max_pages: usize) -> Result<Vec<String>, Extr
         return Err(ExtractError::Pdf("the PDF has no pages".into()));
     }
     let mut out = Vec::with_capacity(pages.len());
+    beat();
     for n in pages {
         let text = catch_unwind(AssertUnwindSafe(|| {
             let mut s = String::new();
@@ -65,6 +76,7 @@ pub fn extract_pages(bytes: &[u8], max_pages: usize) -> Result<Vec<String>, Extr
             Ok(Ok(s)) => s,
             _ => String::new(),
         });
+        beat();
     }
     Ok(out)
 }
@@ -87,6 +99,7 @@ fn short(s: &str) -> String {
 pub fn child_main(name: &str, max_pages: usize) -> i32 {
     // Panics are caught per page; keep their messages off stderr.
     std::panic::set_hook(Box::new(|_| {}));
+    HEARTBEAT.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut bytes = Vec::new();
     if std::io::stdin().read_to_end(&mut bytes).is_err() {
         return 2;
@@ -120,7 +133,7 @@ pub fn extract_isolated(
     cmd.args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::piped());
     let mem = limits.max_memory_bytes;
     let cpu = limits.max_time.as_secs().max(1);
     #[cfg(unix)]
@@ -168,16 +181,44 @@ pub fn extract_isolated(
         (r, buf)
     });
 
+    // Progress: any byte on the child's stderr. Watched once the first one has come (only PDFs
+    // report progress; other types have `max_time` alone).
+    let last_beat: std::sync::Arc<std::sync::Mutex<Option<Instant>>> = Default::default();
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let beats = last_beat.clone();
+    let watcher = std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            *beats.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
+    });
+    let stalled = || {
+        last_beat
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t.elapsed() >= limits.max_stall)
+    };
+
     let deadline = Instant::now() + limits.max_time;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() >= deadline => {
+            Ok(None) if Instant::now() >= deadline || stalled() => {
+                let err = if Instant::now() >= deadline {
+                    ExtractError::Timeout(limits.max_time)
+                } else {
+                    ExtractError::Stalled(limits.max_stall)
+                };
                 let _ = child.kill();
                 let _ = child.wait();
                 let _ = writer.join();
                 let _ = reader.join();
-                return Err(ExtractError::Timeout(limits.max_time));
+                // The watcher ends when the pipe closes; not waited for.
+                drop(watcher);
+                return Err(err);
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => {
@@ -188,6 +229,7 @@ pub fn extract_isolated(
         }
     };
     let _ = writer.join();
+    let _ = watcher.join();
     let (_, buf) = reader.join().unwrap_or((Ok(0), Vec::new()));
 
     if !status.success() {
@@ -256,5 +298,43 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ExtractError::Timeout(_)), "{err:?}");
         assert!(t.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_child_that_stops_reporting_progress_is_stopped_early() {
+        let limits = Limits {
+            max_time: Duration::from_secs(20),
+            max_stall: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let sh = |script: &str| vec!["-c".to_string(), script.to_string()];
+        // One page done, then nothing: stopped after the stall, long before max_time.
+        let t = Instant::now();
+        let err = extract_isolated(
+            Path::new("/bin/sh"),
+            &sh("printf . >&2; exec sleep 30"),
+            b"",
+            &limits,
+        )
+        .unwrap_err();
+        assert!(matches!(err, ExtractError::Stalled(_)), "{err:?}");
+        assert!(t.elapsed() < Duration::from_secs(10));
+        // Steady progress is never stalled: only max_time stops it.
+        let limits = Limits {
+            max_time: Duration::from_millis(1500),
+            ..limits
+        };
+        let err = extract_isolated(
+            Path::new("/bin/sh"),
+            &sh("while :; do printf . >&2; sleep 0.05; done"),
+            b"",
+            &limits,
+        )
+        .unwrap_err();
+        assert!(matches!(err, ExtractError::Timeout(_)), "{err:?}");
+        // No progress reported at all (not a PDF): max_time alone.
+        let err = extract_isolated(Path::new("/bin/sleep"), &["30".to_string()], b"", &limits)
+            .unwrap_err();
+        assert!(matches!(err, ExtractError::Timeout(_)), "{err:?}");
     }
 }

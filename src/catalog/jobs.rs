@@ -61,8 +61,8 @@ impl Catalog {
     /// was interrupted. An interruption while the job was splitting its document into chunks
     /// (in-process) counts as a crash of that job; one anywhere else does not (extraction runs
     /// in a child process with limits, so a crash of kb there is not the document's doing).
-    /// Returns the unfinished jobs, oldest first, with (crashes, attempts).
-    pub async fn interrupted_jobs(&self) -> Result<Vec<(String, i64, i64)>> {
+    /// Returns the unfinished jobs, oldest first, with (collection, crashes, attempts).
+    pub async fn interrupted_jobs(&self) -> Result<Vec<(String, String, i64, i64)>> {
         let mut tx = self.write_tx().await?;
         sqlx::query(
             "UPDATE jobs SET crashes = crashes + 1 WHERE status = 'running' AND stage = 'chunk'",
@@ -73,14 +73,15 @@ impl Catalog {
             .execute(&mut *tx)
             .await?;
         let rows = sqlx::query(
-            "SELECT id, crashes, attempts FROM jobs WHERE status = 'queued' ORDER BY created_at",
+            "SELECT j.id, d.collection, j.crashes, j.attempts FROM jobs j JOIN documents d ON d.id = j.doc_id
+             WHERE j.status = 'queued' ORDER BY j.created_at",
         )
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(rows
             .into_iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
             .collect())
     }
 

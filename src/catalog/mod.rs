@@ -430,6 +430,7 @@ mod tests {
                 jobs,
                 vec![(
                     job_id.clone(),
+                    "c".to_string(),
                     0,
                     c.job(&job_id).await.unwrap().unwrap().attempts
                 )]
@@ -439,7 +440,7 @@ mod tests {
         c.job_started(&job_id).await.unwrap();
         c.job_progress(&job_id, "chunk", 0, 1).await.unwrap();
         let jobs = c.interrupted_jobs().await.unwrap();
-        assert_eq!(jobs, vec![(job_id.clone(), 1, 3)]);
+        assert_eq!(jobs, vec![(job_id.clone(), "c".to_string(), 1, 3)]);
         assert_eq!(c.job(&job_id).await.unwrap().unwrap().status, "queued");
         // A failure of its own is counted apart, and the job goes back to the queue.
         c.job_started(&job_id).await.unwrap();

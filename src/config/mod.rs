@@ -158,6 +158,8 @@ pub struct LimitsConfig {
     pub max_files_per_request: usize,
     pub max_pages: usize,
     pub extract_timeout_secs: u64,
+    /// A PDF whose extraction finishes no page for this long is stopped early.
+    pub extract_stall_secs: u64,
     pub extract_memory_mb: u64,
     pub max_question_chars: usize,
 }
@@ -169,6 +171,7 @@ impl Default for LimitsConfig {
             max_files_per_request: 100,
             max_pages: 5_000,
             extract_timeout_secs: 120,
+            extract_stall_secs: 30,
             extract_memory_mb: 2048,
             max_question_chars: 4_000,
         }
@@ -374,6 +377,7 @@ impl Config {
             max_bytes: self.limits.max_upload_bytes as usize,
             max_pages: self.limits.max_pages,
             max_time: std::time::Duration::from_secs(self.limits.extract_timeout_secs),
+            max_stall: std::time::Duration::from_secs(self.limits.extract_stall_secs),
             max_memory_bytes: self.limits.extract_memory_mb * 1024 * 1024,
             ..kb_ingest::Limits::default()
         }

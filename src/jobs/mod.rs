@@ -15,7 +15,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
+
+mod queue;
+pub use queue::JobQueue;
 
 pub struct Ingestor {
     pub catalog: Catalog,
@@ -117,17 +120,6 @@ impl JobError {
     }
 }
 
-#[derive(Clone)]
-pub struct JobQueue {
-    tx: mpsc::UnboundedSender<String>,
-}
-
-impl JobQueue {
-    pub fn submit(&self, job_id: &str) {
-        let _ = self.tx.send(job_id.to_string());
-    }
-}
-
 impl Ingestor {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -169,15 +161,13 @@ impl Ingestor {
 
     /// Start `workers` job runners; returns the queue.
     pub fn start(self: &Arc<Self>, workers: usize) -> JobQueue {
-        let (tx, rx) = mpsc::unbounded_channel::<String>();
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let queue = JobQueue::default();
         for _ in 0..workers.max(1) {
-            let rx = rx.clone();
+            let queue = queue.clone();
             let this = self.clone();
             tokio::spawn(async move {
                 loop {
-                    let next = rx.lock().await.recv().await;
-                    let Some(id) = next else { return };
+                    let id = queue.next().await;
                     if this.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
                         return;
                     }
@@ -186,7 +176,6 @@ impl Ingestor {
                 }
             });
         }
-        let queue = JobQueue { tx };
         let _ = self.queue.set(queue.clone());
         queue
     }
@@ -208,7 +197,7 @@ impl Ingestor {
         let jobs = self.catalog.interrupted_jobs().await?;
         let max = self.max_attempts.max(1) as i64;
         let mut queued = 0;
-        for (id, crashes, attempts) in &jobs {
+        for (id, collection, crashes, attempts) in &jobs {
             let reason = if *crashes >= max {
                 Some(format!(
                     "kb stopped {crashes} times while splitting this document into chunks; giving up"
@@ -223,7 +212,7 @@ impl Ingestor {
             match reason {
                 Some(msg) => self.fail(id, &msg).await,
                 None => {
-                    queue.submit(id);
+                    queue.submit(collection, id);
                     queued += 1;
                 }
             }
@@ -342,10 +331,11 @@ impl Ingestor {
                         self.emit(job_id).await;
                         if let Some(q) = self.queue.get().cloned() {
                             let id = job_id.to_string();
+                            let collection = job.collection.clone();
                             let wait = Duration::from_secs(1 << n.clamp(0, 6));
                             tokio::spawn(async move {
                                 tokio::time::sleep(wait).await;
-                                q.submit(&id);
+                                q.submit(&collection, &id);
                             });
                         }
                     }

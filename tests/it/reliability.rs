@@ -541,3 +541,56 @@ fn a_deleted_collection_is_gone_and_its_name_starts_afresh() {
         "{second}"
     );
 }
+
+/// Collections take turns for the job workers: a single upload to one collection is indexed
+/// after at most the job in progress of another that has a backlog, not after the whole
+/// backlog (one worker here, so the order is plain).
+#[test]
+fn a_backlog_in_one_collection_does_not_hold_up_another() {
+    let s = Server::start_with(&[("KB_JOBS__WORKERS", "1")]);
+    let busy: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| (format!("ledger{i}.md"), note(100 + i, 300)))
+        .collect();
+    let files: Vec<(&str, Vec<u8>)> = busy.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    let (st, up) = s.upload("busy", &files);
+    assert_eq!(st, 202, "{up}");
+    let (st, quick) = s.upload(
+        "quick",
+        &[("bell.md", b"# Bell\n\nThe bell rings at noon.\n".to_vec())],
+    );
+    assert_eq!(st, 202, "{quick}");
+    let mut jobs: Vec<String> = up["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["job_id"].as_str().unwrap().to_string())
+        .collect();
+    jobs.push(
+        quick["documents"][0]["job_id"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
+    let mut finished: Vec<Option<Instant>> = vec![None; jobs.len()];
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while finished.iter().any(Option::is_none) && Instant::now() < deadline {
+        for (i, j) in jobs.iter().enumerate() {
+            if finished[i].is_none() {
+                let (_, row) = s.get(&format!("/v1/jobs/{j}"));
+                if row["status"] == "done" {
+                    finished[i] = Some(Instant::now());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let at: Vec<Instant> = finished
+        .into_iter()
+        .map(|f| f.expect("every job done"))
+        .collect();
+    // The quick one ran second: after the first ledger, before the other two.
+    assert!(
+        at[3] < at[1] && at[3] < at[2],
+        "the single upload waited for the backlog"
+    );
+}
