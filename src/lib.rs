@@ -7,6 +7,7 @@ pub mod api;
 pub mod cache;
 pub mod catalog;
 pub mod config;
+pub mod disk;
 mod documents;
 pub mod error;
 pub mod eval;
@@ -72,6 +73,8 @@ pub struct Core {
     pub tmp_dir: PathBuf,
     /// The phases of a graceful stop (`kb serve` cancels them).
     pub stopping: Stopping,
+    /// The data disk's free space: below its reserve kb is read-only.
+    pub disk: Arc<disk::DiskGuard>,
     /// Held while a collection is deleted, and while an upload makes sure its collection exists.
     collections_lock: tokio::sync::Mutex<()>,
     _lock: DataDirLock,
@@ -253,6 +256,18 @@ impl Core {
             });
         let visibility = Arc::new(Visibility::default());
 
+        let disk = disk::DiskGuard::new(&data, config.limits.min_free_disk_mb << 20);
+        if disk.free() < disk::OPEN_FLOOR {
+            anyhow::bail!(
+                "the data disk at {} has {} MiB free: kb needs at least {} MiB to open its index (it writes through memory maps, which fail hard on a full disk); free some space and start again",
+                data.display(),
+                disk.free() >> 20,
+                disk::OPEN_FLOOR >> 20
+            );
+        }
+        disk.watch(std::time::Duration::from_secs(
+            config.limits.disk_check_secs.max(1),
+        ));
         // Open the shards of existing collections now: a mismatch or a lock is a start-up error.
         for c in catalog.collections().await? {
             store
@@ -332,19 +347,45 @@ impl Core {
                 c.semantic_max_distance,
             ))),
         };
-        // Collections deleted from the catalog before a crash lose their index now.
-        for name in catalog.dropped_collections().await? {
-            if catalog.collection(&name).await?.is_none() {
-                store.drop_collection(&name).await?;
-                catalog.collection_dropped(&name).await?;
-                tracing::info!(collection = %name, "finished deleting a collection");
-            }
-        }
+        ingestor.disk = Some(disk.clone());
         let ingestor = Arc::new(ingestor);
         let queue = ingestor.start(config.jobs.workers);
-        let requeued = ingestor.recover(&queue).await?;
-        if requeued > 0 {
-            tracing::info!(requeued, "resuming unfinished ingestion jobs");
+        // What queries must not see is known before the first request, whatever the disk.
+        ingestor.hide_unfinished().await?;
+        // The writes of recovery (deletions to finish, jobs to requeue) wait for room.
+        let recovery = {
+            let (catalog, store, ingestor, queue) = (
+                catalog.clone(),
+                store.clone(),
+                ingestor.clone(),
+                queue.clone(),
+            );
+            async move {
+                // Collections deleted from the catalog before a crash lose their index now.
+                for name in catalog.dropped_collections().await? {
+                    if catalog.collection(&name).await?.is_none() {
+                        store.drop_collection(&name).await?;
+                        catalog.collection_dropped(&name).await?;
+                        tracing::info!(collection = %name, "finished deleting a collection");
+                    }
+                }
+                let requeued = ingestor.recover(&queue).await?;
+                if requeued > 0 {
+                    tracing::info!(requeued, "resuming unfinished ingestion jobs");
+                }
+                anyhow::Ok(())
+            }
+        };
+        if disk.writable() {
+            recovery.await?;
+        } else {
+            let disk = disk.clone();
+            tokio::spawn(async move {
+                disk.wait_writable().await;
+                if let Err(e) = recovery.await {
+                    tracing::error!(error = %e, "recovery after the disk had room again failed");
+                }
+            });
         }
         // Collections written by an earlier process (e.g. `kb ingest`, which exits before the
         // optimiser's quiet period) get their index built too; optimize() is a no-op when done.
@@ -393,6 +434,7 @@ impl Core {
             governor,
             tmp_dir,
             stopping: Stopping::default(),
+            disk,
             collections_lock: tokio::sync::Mutex::new(()),
             _lock: lock,
         }))

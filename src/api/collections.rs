@@ -147,6 +147,7 @@ fn document_not_found(id: &str) -> ApiError {
         (status = 200, description = "The document", body = DocumentView),
         (status = 404, description = "`document_not_found`", body = ErrorBody),
         (status = 500, description = "`internal_error` (details in the server log)", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`: the data disk is nearly full; kb is read-only", body = ErrorBody),
     )
 )]
 pub(super) async fn get_document(
@@ -169,12 +170,14 @@ pub(super) async fn get_document(
         (status = 204, description = "Deleted"),
         (status = 404, description = "`document_not_found`", body = ErrorBody),
         (status = 500, description = "`internal_error` (details in the server log)", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`: the data disk is nearly full; kb is read-only", body = ErrorBody),
     )
 )]
 pub(super) async fn delete_document(
     State(core): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    core.disk.room_for(0).map_err(ApiError)?;
     match core.delete_document(&id).await {
         Ok(true) => Ok(StatusCode::NO_CONTENT),
         Ok(false) => Err(document_not_found(&id)),
@@ -194,6 +197,7 @@ pub(super) async fn delete_document(
         (status = 400, description = "`invalid_collection`", body = ErrorBody),
         (status = 404, description = "`collection_not_found`", body = ErrorBody),
         (status = 500, description = "`internal_error` (details in the server log)", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`: the data disk is nearly full; kb is read-only", body = ErrorBody),
     )
 )]
 pub(super) async fn delete_collection(
@@ -201,6 +205,7 @@ pub(super) async fn delete_collection(
     Path(collection): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     valid_collection(&collection)?;
+    core.disk.room_for(0).map_err(ApiError)?;
     match core.delete_collection(&collection).await {
         Ok(true) => Ok(StatusCode::NO_CONTENT),
         Ok(false) => Err(ApiError::collection_not_found(&collection)),

@@ -84,6 +84,18 @@ fn extract_error(name: &str, e: ExtractError) -> ApiError {
     }
 }
 
+/// A write of the upload failed: a full disk is the client's 507, anything else kb's 500.
+fn write_error(core: &AppState) -> impl Fn(std::io::Error) -> ApiError + '_ {
+    move |e| {
+        if crate::disk::is_no_space(&e) {
+            core.disk.check();
+            ApiError(core.disk.full_error())
+        } else {
+            ApiError::internal(e)
+        }
+    }
+}
+
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     if crate::serve::is_slow_client(&e) {
         return super::error::slow_body();
@@ -233,14 +245,23 @@ async fn drain_rest(multipart: &mut Multipart) {
         (status = 415, description = "`expected_multipart` (not multipart/form-data) or `unsupported_media_type` (a file of a type kb does not read)", body = ErrorBody),
         (status = 422, description = "`invalid_utf8`, `corrupt_pdf` (truncated), `unprocessable_document`", body = ErrorBody),
         (status = 500, description = "`internal_error` (details in the server log)", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`: the data disk is nearly full (`limits.min_free_disk_mb`); kb is read-only until space is freed", body = ErrorBody),
     )
 )]
 pub async fn upload(
     State(core): State<AppState>,
     Path(collection): Path<String>,
+    headers: axum::http::HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
     valid_collection(&collection)?;
+    // Read-only on a nearly full disk; and no upload that would take it there.
+    let declared_len = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    core.disk.room_for(declared_len).map_err(ApiError)?;
     let mut multipart = multipart.map_err(|e| {
         ApiError::new(
             Code::ExpectedMultipart,
@@ -295,10 +316,13 @@ pub async fn upload(
             }
             hasher.update(&chunk);
             utf8.feed(&chunk);
-            file.write_all(&chunk).await.map_err(ApiError::internal)?;
+            if size % (8 << 20) < chunk.len() as u64 {
+                core.disk.room_for(size).map_err(ApiError)?;
+            }
+            file.write_all(&chunk).await.map_err(write_error(&core))?;
         }
-        file.flush().await.map_err(ApiError::internal)?;
-        file.sync_all().await.map_err(ApiError::internal)?;
+        file.flush().await.map_err(write_error(&core))?;
+        file.sync_all().await.map_err(write_error(&core))?;
         drop(file);
         let st = Staged {
             name,

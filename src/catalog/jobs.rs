@@ -85,6 +85,20 @@ impl Catalog {
             .collect())
     }
 
+    /// The job cannot go on for now (the disk is nearly full): back to `queued` with the reason
+    /// shown, not a failure.
+    pub async fn job_waiting(&self, id: &str, note: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET status = 'queued', error = ?, updated_at = ? WHERE id = ? AND status IN ('queued', 'running')",
+        )
+        .bind(note)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// A run was stopped by a graceful shutdown: not a failure, not a crash.
     pub async fn job_interrupted(&self, id: &str) -> Result<()> {
         sqlx::query(

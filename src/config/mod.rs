@@ -162,6 +162,11 @@ pub struct LimitsConfig {
     pub extract_stall_secs: u64,
     pub extract_memory_mb: u64,
     pub max_question_chars: usize,
+    /// Below this much free space on the data disk kb is read-only (uploads and deletes get 507,
+    /// jobs wait); the index writes through memory maps and must never meet a full disk.
+    pub min_free_disk_mb: u64,
+    /// Seconds between checks of the free space.
+    pub disk_check_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -174,6 +179,8 @@ impl Default for LimitsConfig {
             extract_stall_secs: 30,
             extract_memory_mb: 2048,
             max_question_chars: 4_000,
+            min_free_disk_mb: 256,
+            disk_check_secs: 5,
         }
     }
 }

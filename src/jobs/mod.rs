@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
+mod background;
 mod queue;
 pub use queue::JobQueue;
 
@@ -51,6 +52,8 @@ pub struct Ingestor {
     pub blob_lock: tokio::sync::Mutex<()>,
     /// The queue `start` made: a job that failed with an error worth retrying is put back on it.
     queue: std::sync::OnceLock<JobQueue>,
+    /// The data disk's free space: below its reserve, jobs wait instead of writing.
+    pub disk: Option<Arc<crate::disk::DiskGuard>>,
 }
 
 /// Uploaded bytes, content-addressed, so jobs can be re-run after a crash.
@@ -111,6 +114,9 @@ enum JobError {
     /// The document was deleted while its job ran.
     #[error("the document was deleted")]
     Gone,
+    /// The data disk is below its reserve: the job waits for room.
+    #[error("the data disk is nearly full")]
+    NoRoom,
 }
 
 impl JobError {
@@ -156,6 +162,7 @@ impl Ingestor {
             activation: tokio::sync::Mutex::new(()),
             blob_lock: tokio::sync::Mutex::new(()),
             queue: std::sync::OnceLock::new(),
+            disk: None,
         }
     }
 
@@ -180,6 +187,18 @@ impl Ingestor {
         queue
     }
 
+    /// Before any query: versions not live yet, and those whose points are being removed, are
+    /// hidden (reads only; `recover` does the writes).
+    pub async fn hide_unfinished(&self) -> anyhow::Result<()> {
+        for (collection, key) in self.catalog.hidden_version_keys().await? {
+            self.visibility.hide(&collection, &key);
+        }
+        for (collection, key) in self.catalog.pending_deletes().await? {
+            self.visibility.hide(&collection, &key);
+        }
+        Ok(())
+    }
+
     /// Crash recovery: finish pending deletions, hide unfinished versions, requeue their jobs.
     ///
     /// A restart, a SIGKILL or a crash does not count against a job: only its own failures do,
@@ -187,11 +206,8 @@ impl Ingestor {
     /// last resort against a crash loop elsewhere, a job is given up after ten times
     /// `max_attempts` runs.
     pub async fn recover(&self, queue: &JobQueue) -> anyhow::Result<usize> {
-        for (collection, key) in self.catalog.hidden_version_keys().await? {
-            self.visibility.hide(&collection, &key);
-        }
+        self.hide_unfinished().await?;
         for (collection, key) in self.catalog.pending_deletes().await? {
-            self.visibility.hide(&collection, &key);
             self.purge(&collection, &key).await;
         }
         let jobs = self.catalog.interrupted_jobs().await?;
@@ -280,6 +296,10 @@ impl Ingestor {
             Ok(Some(j)) if j.status == "queued" || j.status == "running" => j,
             _ => return,
         };
+        if !self.room() {
+            self.wait_for_room(&job).await;
+            return;
+        }
         if let Err(e) = self.catalog.job_started(job_id).await {
             tracing::error!(error = %e, "cannot start job");
             return;
@@ -308,6 +328,10 @@ impl Ingestor {
                 {
                     self.purge(&job.collection, &key).await;
                 }
+            }
+            Err(JobError::NoRoom) => {
+                tracing::warn!(job_id, "ingestion paused: the data disk is nearly full");
+                self.wait_for_room(&job).await;
             }
             Err(e) if self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) => {
                 tracing::info!(job_id, error = %e, "ingestion interrupted by shutdown; resumes at the next start");
@@ -402,6 +426,9 @@ impl Ingestor {
         let model = self.embedder.model_id();
         let dim = self.embedder.dim();
         for batch in chunks.chunks(self.batch_size) {
+            if !self.room() {
+                return Err(JobError::NoRoom);
+            }
             // Text this embedder has embedded before (an earlier version, another document, a
             // re-run) is not embedded again.
             let mut known = if self.embedding_cache {
@@ -515,48 +542,6 @@ impl Ingestor {
             self.purge(&collection, &old).await;
         }
         Ok(total)
-    }
-
-    /// Ask the background optimiser to (re)index this collection once it is quiet.
-    pub fn mark_dirty(&self, collection: &str) {
-        self.dirty
-            .lock()
-            .unwrap()
-            .insert(collection.to_string(), Instant::now());
-    }
-
-    /// Background optimiser: builds HNSW indexes once a collection has been quiet for `quiet`.
-    pub fn start_optimizer(self: &Arc<Self>, quiet: Duration) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                let due: Vec<String> = {
-                    let mut d = this.dirty.lock().unwrap();
-                    let due: Vec<String> = d
-                        .iter()
-                        .filter(|(_, t)| t.elapsed() >= quiet)
-                        .map(|(c, _)| c.clone())
-                        .collect();
-                    for c in &due {
-                        d.remove(c);
-                    }
-                    due
-                };
-                for c in due {
-                    let t = Instant::now();
-                    match this.store.optimize(&c).await {
-                        Ok(changed) => tracing::info!(
-                            collection = %c,
-                            changed,
-                            ms = t.elapsed().as_millis() as u64,
-                            "index optimised"
-                        ),
-                        Err(e) => tracing::warn!(collection = %c, error = %e, "optimise failed"),
-                    }
-                }
-            }
-        });
     }
 }
 

@@ -124,6 +124,24 @@ impl Server {
         s
     }
 
+    /// Like `start_with`, on the data directory `data` (its parent is the working directory).
+    pub fn start_at(data: PathBuf, env: &[(&str, &str)]) -> Server {
+        let mut s = Server {
+            base: String::new(),
+            data_dir: data,
+            child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            log_file: None,
+            nofile: None,
+            _tmp: None,
+        };
+        s.spawn();
+        s
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }

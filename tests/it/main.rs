@@ -10,6 +10,7 @@ mod caches;
 mod cli;
 mod conversations;
 mod crash;
+mod disk;
 mod embed;
 mod eval;
 mod full_loop;
