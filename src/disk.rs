@@ -2,7 +2,7 @@
 //! on a full disk a write to a new page is a SIGBUS, not an error (kb died that way when it
 //! started on a full disk, and a job hung at 0% CPU). So kb never lets the disk run dry: below
 //! `limits.min_free_disk_mb` it is read-only. Uploads, deletes and new versions get 507
-//! `insufficient_storage`; jobs pause (back to `queued`, saying why) and resume by themselves;
+//! `insufficient_storage` (retryable; no Retry-After, which HTTP defines for 429 and 503 only); jobs pause (back to `queued`, saying why) and resume by themselves;
 //! searches and answers go on. The free space is checked every `limits.disk_check_secs`, and
 //! kb becomes writable again as soon as there is room.
 
@@ -105,7 +105,6 @@ impl DiskGuard {
                 self.reserve >> 20
             ),
         )
-        .with_retry_after(Some(Duration::from_secs(60)))
     }
 
     /// Why a job waits.

@@ -109,7 +109,7 @@ codes! {
     UpstreamUnavailable = "upstream_unavailable", SERVICE_UNAVAILABLE, true, true;
     ShuttingDown = "shutting_down", SERVICE_UNAVAILABLE, true, true;
     /// The data disk is nearly full: kb is read-only (`limits.min_free_disk_mb`).
-    InsufficientStorage = "insufficient_storage", INSUFFICIENT_STORAGE, true, true;
+    InsufficientStorage = "insufficient_storage", INSUFFICIENT_STORAGE, true, false;
     NotReady = "not_ready", SERVICE_UNAVAILABLE, true, false;
     // A model failed.
     UpstreamTimeout = "upstream_timeout", GATEWAY_TIMEOUT, true, false;

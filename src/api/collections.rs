@@ -147,7 +147,6 @@ fn document_not_found(id: &str) -> ApiError {
         (status = 200, description = "The document", body = DocumentView),
         (status = 404, description = "`document_not_found`", body = ErrorBody),
         (status = 500, description = "`internal_error` (details in the server log)", body = ErrorBody),
-        (status = 507, description = "`insufficient_storage`: the data disk is nearly full; kb is read-only", body = ErrorBody),
     )
 )]
 pub(super) async fn get_document(
