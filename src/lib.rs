@@ -111,6 +111,7 @@ fn build_embedder(
                 e.precision.into(),
                 models::local_embed::QueueLimits {
                     max_waiting: e.queue_size,
+                    max_wait: std::time::Duration::from_millis(e.max_wait_ms),
                     bulk_slice: e.bulk_slice,
                 },
             )?))

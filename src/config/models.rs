@@ -30,6 +30,9 @@ pub struct EmbeddingConfig {
     /// questions waiting; one more is refused with 429 and Retry-After).
     pub max_concurrency: usize,
     pub queue_size: usize,
+    /// Local embedder: a question that would wait longer than this (estimated from the queue
+    /// ahead) is refused with 429 and Retry-After.
+    pub max_wait_ms: u64,
     /// Local embedder: an ingestion batch runs this many texts at a time, with questions that
     /// arrived meanwhile served in between.
     pub bulk_slice: usize,
@@ -54,6 +57,7 @@ impl Default for EmbeddingConfig {
             tpm: 0,
             max_concurrency: 4,
             queue_size: 64,
+            max_wait_ms: 1000,
             bulk_slice: 2,
             max_batch_texts: 64,
             max_batch_tokens: 8192,

@@ -40,8 +40,10 @@ struct Queues {
 struct Shared {
     queues: Mutex<Queues>,
     ready: Condvar,
-    /// Interactive requests waiting at most; more are refused.
+    /// Interactive requests waiting at most, and the longest wait (estimated) a new one may
+    /// face; beyond either it is refused.
     max_waiting: usize,
+    max_wait_us: u64,
     /// Texts of a bulk batch run between two looks at the interactive queue.
     bulk_slice: usize,
     /// Recent time of one interactive request (microseconds, smoothed): the Retry-After estimate.
@@ -52,6 +54,7 @@ struct Shared {
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {
     pub max_waiting: usize,
+    pub max_wait: std::time::Duration,
     pub bulk_slice: usize,
 }
 
@@ -59,6 +62,7 @@ impl Default for QueueLimits {
     fn default() -> Self {
         QueueLimits {
             max_waiting: 64,
+            max_wait: std::time::Duration::from_secs(1),
             bulk_slice: 2,
         }
     }
@@ -262,6 +266,7 @@ impl LocalEmbedder {
             queues: Mutex::new(Queues::default()),
             ready: Condvar::new(),
             max_waiting: limits.max_waiting.max(1),
+            max_wait_us: limits.max_wait.as_micros() as u64,
             bulk_slice: limits.bulk_slice.max(1),
             interactive_us: std::sync::atomic::AtomicU64::new(20_000),
         });
@@ -411,14 +416,17 @@ impl Embedder for LocalEmbedder {
                 return Err(ModelError::Closed);
             }
             let job = Job { texts, reply: tx };
+            // The wait for the questions ahead, roughly.
+            let each = self
+                .shared
+                .interactive_us
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let ahead = q.interactive.len() as u64;
+            let full = ahead as usize >= self.shared.max_waiting
+                || (ahead > 0 && ahead * each > self.shared.max_wait_us);
             match priority {
-                Priority::Interactive if q.interactive.len() >= self.shared.max_waiting => {
-                    // The wait for the queue ahead, roughly; at least a second.
-                    let each = self
-                        .shared
-                        .interactive_us
-                        .load(std::sync::atomic::Ordering::Relaxed);
-                    let wait = (q.interactive.len() as f64 * each as f64 / 1e6).max(1.0);
+                Priority::Interactive if full => {
+                    let wait = (ahead as f64 * each as f64 / 1e6).max(1.0);
                     return Err(ModelError::Overloaded {
                         upstream: self.model_id(),
                         retry_after_secs: wait.ceil(),
