@@ -63,6 +63,12 @@ codes! {
     /// OpenAI-compatible routes: the `model` names no collection.
     ModelNotFound = "model_not_found", NOT_FOUND, false, false;
     MalformedJson = "malformed_json", BAD_REQUEST, false, false;
+    // Access (`auth.mode = "keys"`; Host and Origin checks always).
+    Unauthorized = "unauthorized", UNAUTHORIZED, false, false;
+    Forbidden = "forbidden", FORBIDDEN, false, false;
+    HostNotAllowed = "host_not_allowed", FORBIDDEN, false, false;
+    CrossOrigin = "cross_origin_request", FORBIDDEN, false, false;
+    KeyNotFound = "key_not_found", NOT_FOUND, false, false;
     /// The request body came too slowly (`server.body_timeout_secs`, `body_min_bytes_per_sec`).
     RequestTimeout = "request_timeout", REQUEST_TIMEOUT, true, false;
     /// A request body over the server's limit (2 MB for JSON).

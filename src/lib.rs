@@ -4,6 +4,7 @@
 //! `App::build(config)` adds the HTTP router on top. The CLI and the tests use both.
 
 pub mod api;
+pub mod auth;
 pub mod cache;
 pub mod catalog;
 pub mod config;
@@ -75,6 +76,8 @@ pub struct Core {
     pub stopping: Stopping,
     /// The data disk's free space: below its reserve kb is read-only.
     pub disk: Arc<disk::DiskGuard>,
+    /// The install's secret that API keys are hashed with.
+    pub auth_secret: Vec<u8>,
     /// Held while a collection is deleted, and while an upload makes sure its collection exists.
     collections_lock: tokio::sync::Mutex<()>,
     _lock: DataDirLock,
@@ -257,6 +260,7 @@ impl Core {
             });
         let visibility = Arc::new(Visibility::default());
 
+        let auth_secret = auth::install_secret(&data).context("the install's key secret")?;
         let disk = disk::DiskGuard::new(&data, config.limits.min_free_disk_mb << 20);
         if disk.free() < disk::OPEN_FLOOR {
             anyhow::bail!(
@@ -436,6 +440,7 @@ impl Core {
             tmp_dir,
             stopping: Stopping::default(),
             disk,
+            auth_secret,
             collections_lock: tokio::sync::Mutex::new(()),
             _lock: lock,
         }))

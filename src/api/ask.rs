@@ -1,8 +1,10 @@
 //! Search and answers: `POST /v1/search`, `POST /v1/ask` (server-sent events or one JSON body).
 
+use super::auth::require_read;
 use super::error::{ApiError, ErrorBody, JsonBody};
 use super::http::{accepts, sse, until_stopped, AppState, RequestId};
 use super::validate::{search_params, valid_conversation_id};
+use crate::auth::Principal;
 use crate::error::Code;
 use crate::query::{AskEvent, AskParams, Done, Meta, Source};
 use crate::store::SearchMode;
@@ -82,6 +84,7 @@ pub struct SearchTimings {
 )]
 pub(super) async fn search(
     State(core): State<AppState>,
+    who: Principal,
     JsonBody(req): JsonBody<SearchRequest>,
 ) -> Result<Json<SearchResponse>, ApiError> {
     let p = search_params(
@@ -92,6 +95,7 @@ pub(super) async fn search(
         req.mode,
         req.document_ids,
     )?;
+    require_read(&who, &p.collection)?;
     let t = Instant::now();
     let results = core.query.search(&p).await?;
     Ok(Json(SearchResponse {
@@ -210,6 +214,7 @@ fn sse_event(ev: &AskEvent) -> Event {
 pub(super) async fn ask(
     State(core): State<AppState>,
     axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    who: Principal,
     headers: HeaderMap,
     JsonBody(req): JsonBody<AskRequest>,
 ) -> Result<Response, ApiError> {
@@ -221,6 +226,7 @@ pub(super) async fn ask(
         req.mode,
         req.document_ids,
     )?;
+    require_read(&who, &p.collection)?;
     let wants_json = req.stream == Some(false)
         || (req.stream.is_none()
             && accepts(&headers, "application/json")
@@ -240,7 +246,17 @@ pub(super) async fn ask(
         return Err(ApiError::collection_not_found(&p.collection));
     }
     if let Some(id) = &conversation_id {
-        let conv = core.catalog.ensure_conversation(id, &p.collection).await?;
+        let conv = core
+            .catalog
+            .ensure_conversation(id, &p.collection, who.key_id())
+            .await?;
+        // Another key's conversation does not exist for this one.
+        if !who.owns(conv.owner.as_deref()) {
+            return Err(ApiError::new(
+                Code::ConversationNotFound,
+                format!("no conversation `{id}`"),
+            ));
+        }
         if conv.collection != p.collection {
             return Err(ApiError::new(
                 Code::ConversationCollectionMismatch,

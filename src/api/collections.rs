@@ -1,9 +1,11 @@
 //! Collections and their documents: list, inspect, upload (`upload.rs`), delete.
 
+use super::auth::{audit, require_read, require_write};
 use super::error::{ApiError, ErrorBody};
 use super::http::AppState;
 use super::upload;
 use super::validate::valid_collection;
+use crate::auth::Principal;
 use crate::catalog::{CollectionInfo, DocumentView};
 use crate::error::Code;
 use axum::extract::{Path, State};
@@ -66,8 +68,10 @@ pub struct DocumentList {
 )]
 pub(super) async fn list_collections(
     State(core): State<AppState>,
+    p: Principal,
 ) -> Result<Json<CollectionList>, ApiError> {
-    let collections = core.catalog.collections().await?;
+    let mut collections = core.catalog.collections().await?;
+    collections.retain(|c| p.can_read(&c.name));
     Ok(Json(CollectionList { collections }))
 }
 
@@ -86,9 +90,11 @@ pub(super) async fn list_collections(
 )]
 pub(super) async fn get_collection(
     State(core): State<AppState>,
+    p: Principal,
     Path(collection): Path<String>,
 ) -> Result<Json<CollectionDetail>, ApiError> {
     valid_collection(&collection)?;
+    require_read(&p, &collection)?;
     let Some(info) = core.catalog.collection(&collection).await? else {
         return Err(ApiError::collection_not_found(&collection));
     };
@@ -120,9 +126,11 @@ pub(super) async fn get_collection(
 )]
 pub(super) async fn list_documents(
     State(core): State<AppState>,
+    p: Principal,
     Path(collection): Path<String>,
 ) -> Result<Json<DocumentList>, ApiError> {
     valid_collection(&collection)?;
+    require_read(&p, &collection)?;
     if core.catalog.collection(&collection).await?.is_none() {
         return Err(ApiError::collection_not_found(&collection));
     }
@@ -151,11 +159,13 @@ fn document_not_found(id: &str) -> ApiError {
 )]
 pub(super) async fn get_document(
     State(core): State<AppState>,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<DocumentView>, ApiError> {
     match core.catalog.document(&id).await? {
-        Some(d) => Ok(Json(d)),
-        None => Err(document_not_found(&id)),
+        // Another tenant's document does not exist for this key.
+        Some(d) if p.can_read(&d.collection) => Ok(Json(d)),
+        _ => Err(document_not_found(&id)),
     }
 }
 
@@ -174,11 +184,28 @@ pub(super) async fn get_document(
 )]
 pub(super) async fn delete_document(
     State(core): State<AppState>,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let Some(d) = core.catalog.document(&id).await? else {
+        return Err(document_not_found(&id));
+    };
+    if !p.can_read(&d.collection) && !p.can_write(&d.collection) {
+        return Err(document_not_found(&id));
+    }
+    require_write(&p, &d.collection)?;
     core.disk.room_for(0).map_err(ApiError)?;
     match core.delete_document(&id).await {
-        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(true) => {
+            audit(
+                &core,
+                &p,
+                "document.delete",
+                &format!("{}/{id}", d.collection),
+            )
+            .await;
+            Ok(StatusCode::NO_CONTENT)
+        }
         Ok(false) => Err(document_not_found(&id)),
         Err(e) => Err(ApiError::internal(e)),
     }
@@ -201,12 +228,17 @@ pub(super) async fn delete_document(
 )]
 pub(super) async fn delete_collection(
     State(core): State<AppState>,
+    p: Principal,
     Path(collection): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     valid_collection(&collection)?;
+    require_write(&p, &collection)?;
     core.disk.room_for(0).map_err(ApiError)?;
     match core.delete_collection(&collection).await {
-        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(true) => {
+            audit(&core, &p, "collection.delete", &collection).await;
+            Ok(StatusCode::NO_CONTENT)
+        }
         Ok(false) => Err(ApiError::collection_not_found(&collection)),
         Err(e) => Err(ApiError::internal(e)),
     }

@@ -2,6 +2,7 @@
 
 use super::error::{ApiError, ErrorBody};
 use super::http::AppState;
+use crate::auth::Principal;
 use crate::catalog::{ConversationRow, TurnRow};
 use crate::error::Code;
 use axum::extract::{Path, State};
@@ -51,8 +52,11 @@ fn conversation_not_found(id: &str) -> ApiError {
 )]
 pub(super) async fn list_conversations(
     State(core): State<AppState>,
+    p: Principal,
 ) -> Result<Json<ConversationList>, ApiError> {
-    let conversations = core.catalog.conversations(200).await?;
+    // A key sees its own (an admin, and kb without keys, every one).
+    let owner = if p.is_admin() { None } else { p.key_id() };
+    let conversations = core.catalog.conversations(200, owner).await?;
     Ok(Json(ConversationList { conversations }))
 }
 
@@ -69,9 +73,15 @@ pub(super) async fn list_conversations(
 )]
 pub(super) async fn get_conversation(
     State(core): State<AppState>,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<ConversationDetail>, ApiError> {
-    let Some(conversation) = core.catalog.conversation(&id).await? else {
+    let Some(conversation) = core
+        .catalog
+        .conversation(&id)
+        .await?
+        .filter(|c| p.owns(c.owner.as_deref()))
+    else {
         return Err(conversation_not_found(&id));
     };
     let turns = core.catalog.turns(&id).await?;
@@ -94,9 +104,16 @@ pub(super) async fn get_conversation(
 )]
 pub(super) async fn delete_conversation(
     State(core): State<AppState>,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if core.catalog.delete_conversation(&id).await? {
+    let mine = core
+        .catalog
+        .conversation(&id)
+        .await?
+        .is_some_and(|c| p.owns(c.owner.as_deref()));
+    if mine && core.catalog.delete_conversation(&id).await? {
+        super::auth::audit(&core, &p, "conversation.delete", &id).await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(conversation_not_found(&id))

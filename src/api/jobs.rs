@@ -2,6 +2,7 @@
 
 use super::error::{ApiError, ErrorBody};
 use super::http::{shutting_down, sse, AppState};
+use crate::auth::Principal;
 use crate::catalog::JobRow;
 use crate::error::Code;
 use axum::extract::{Path, State};
@@ -64,11 +65,13 @@ fn job_not_found(id: &str) -> ApiError {
 )]
 pub(super) async fn get_job(
     State(core): State<AppState>,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<JobRow>, ApiError> {
     match core.catalog.job(&id).await? {
-        Some(j) => Ok(Json(j)),
-        None => Err(job_not_found(&id)),
+        // Another tenant's job does not exist for this key.
+        Some(j) if p.can_read(&j.collection) || p.can_write(&j.collection) => Ok(Json(j)),
+        _ => Err(job_not_found(&id)),
     }
 }
 
@@ -97,11 +100,17 @@ fn progress(row: &JobRow) -> Event {
 )]
 pub(super) async fn job_events(
     State(core): State<AppState>,
+    p: Principal,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     // Subscribe before reading the current state so no update is missed in between.
     let mut rx = core.ingestor.events.subscribe();
-    let Some(first) = core.catalog.job(&id).await? else {
+    let Some(first) = core
+        .catalog
+        .job(&id)
+        .await?
+        .filter(|j| p.can_read(&j.collection) || p.can_write(&j.collection))
+    else {
         return Err(job_not_found(&id));
     };
     let keep_alive = core.config.server.keep_alive_secs;

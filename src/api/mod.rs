@@ -4,6 +4,7 @@
 //! (`crate::error::Code`); internal details are logged only.
 
 mod ask;
+mod auth;
 mod collections;
 mod conversations;
 mod error;
@@ -16,6 +17,7 @@ mod upload;
 mod validate;
 mod web;
 
+pub use auth::{make_key, CreatedKey};
 pub use error::{slow_body, ApiError, ErrorBody, JsonBody};
 pub use http::{AppState, RequestId};
 pub use openapi::ApiDoc;
@@ -42,7 +44,16 @@ pub fn router(core: Arc<Core>) -> Router {
         .merge(openapi::routes())
         .merge(openai::routes())
         .merge(web::routes())
+        .merge(auth::routes())
         .fallback(|| async { ApiError::new(Code::NotFound, "no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            core.clone(),
+            auth::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            core.clone(),
+            auth::check_origin,
+        ))
         // Every response: no content sniffing, no referrer, no framing.
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,

@@ -80,6 +80,7 @@ pub struct UsageTotal {
 )]
 pub(super) async fn usage(
     State(core): State<AppState>,
+    p: crate::auth::Principal,
     axum::extract::Query(q): axum::extract::Query<UsageQuery>,
 ) -> Result<Json<UsageResponse>, ApiError> {
     let since = match &q.since {
@@ -88,7 +89,12 @@ pub(super) async fn usage(
             .with_timezone(&chrono::Utc),
         None => chrono::Utc::now() - chrono::Duration::hours(24),
     };
-    let rows = core.catalog.usage_since(since.timestamp_millis()).await?;
+    let mut rows = core.catalog.usage_since(since.timestamp_millis()).await?;
+    // A key sees the usage of the collections it may read (usage of no collection: admins).
+    rows.retain(|r| match &r.collection {
+        Some(c) => p.can_read(c),
+        None => p.is_admin(),
+    });
     let sum = |f: fn(&UsageAggregate) -> i64| rows.iter().map(f).sum::<i64>();
     let total = UsageTotal {
         requests: sum(|r| r.requests),

@@ -250,11 +250,13 @@ async fn drain_rest(multipart: &mut Multipart) {
 )]
 pub async fn upload(
     State(core): State<AppState>,
+    p: crate::auth::Principal,
     Path(collection): Path<String>,
     headers: axum::http::HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
     valid_collection(&collection)?;
+    super::auth::require_write(&p, &collection)?;
     // Read-only on a nearly full disk; and no upload that would take it there.
     let declared_len = headers
         .get(axum::http::header::CONTENT_LENGTH)

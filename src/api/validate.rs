@@ -7,16 +7,7 @@ use crate::store::SearchMode;
 use crate::Core;
 
 pub fn valid_collection(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
+    if crate::catalog::collection_name_ok(name) {
         Ok(())
     } else {
         Err(ApiError::new(

@@ -17,6 +17,9 @@ pub struct ConversationRow {
     pub title: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// The key that created it (kb's own: not shown).
+    #[serde(skip)]
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -49,7 +52,7 @@ pub struct TurnSource {
 const CONV_SELECT: &str =
     "SELECT c.id, c.collection, c.summary, c.summarized_upto, c.created_at, c.updated_at,
         (SELECT COUNT(*) FROM turns t WHERE t.conversation_id = c.id),
-        (SELECT question FROM turns t WHERE t.conversation_id = c.id ORDER BY n LIMIT 1)
+        (SELECT question FROM turns t WHERE t.conversation_id = c.id ORDER BY n LIMIT 1), c.owner
      FROM conversations c";
 
 fn conv(r: &sqlx::sqlite::SqliteRow) -> ConversationRow {
@@ -62,21 +65,28 @@ fn conv(r: &sqlx::sqlite::SqliteRow) -> ConversationRow {
         updated_at: iso(r.get(5)),
         turn_count: r.get(6),
         title: r.get(7),
+        owner: r.get(8),
     }
 }
 
 impl Catalog {
-    /// The conversation, creating it (in `collection`) when it does not exist.
-    pub async fn ensure_conversation(&self, id: &str, collection: &str) -> Result<ConversationRow> {
+    /// The conversation, creating it (in `collection`, owned by `owner`) when it does not exist.
+    pub async fn ensure_conversation(
+        &self,
+        id: &str,
+        collection: &str,
+        owner: Option<&str>,
+    ) -> Result<ConversationRow> {
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO conversations (id, collection, summarized_upto, created_at, updated_at)
-             VALUES (?, ?, 0, ?, ?) ON CONFLICT(id) DO NOTHING",
+            "INSERT INTO conversations (id, collection, summarized_upto, created_at, updated_at, owner)
+             VALUES (?, ?, 0, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
         )
         .bind(id)
         .bind(collection)
         .bind(now)
         .bind(now)
+        .bind(owner)
         .execute(&self.pool)
         .await?;
         Ok(self.conversation(id).await?.expect("just created"))
@@ -91,10 +101,21 @@ impl Catalog {
         Ok(r.as_ref().map(conv))
     }
 
-    /// Newest first.
-    pub async fn conversations(&self, limit: i64) -> Result<Vec<ConversationRow>> {
-        let sql = format!("{CONV_SELECT} ORDER BY c.updated_at DESC, c.id LIMIT ?");
-        let rows = sqlx::query(&sql).bind(limit).fetch_all(&self.pool).await?;
+    /// Newest first; only those of `owner` when one is given.
+    pub async fn conversations(
+        &self,
+        limit: i64,
+        owner: Option<&str>,
+    ) -> Result<Vec<ConversationRow>> {
+        let sql = format!(
+            "{CONV_SELECT} WHERE (? IS NULL OR c.owner = ?) ORDER BY c.updated_at DESC, c.id LIMIT ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(owner)
+            .bind(owner)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.iter().map(conv).collect())
     }
 
@@ -197,7 +218,7 @@ mod tests {
     async fn turns_summary_list_delete() {
         let dir = tempfile::tempdir().unwrap();
         let c = Catalog::open(&dir.path().join("c.db")).await.unwrap();
-        c.ensure_conversation("x", "coll").await.unwrap();
+        c.ensure_conversation("x", "coll", None).await.unwrap();
         let j = serde_json::json!([1]);
         assert_eq!(c.add_turn("x", "q1", "q1", "a1", &j, &j).await.unwrap(), 1);
         assert_eq!(
@@ -205,7 +226,7 @@ mod tests {
             2
         );
         c.set_summary("x", "sum", 1).await.unwrap();
-        let conv = c.ensure_conversation("x", "other").await.unwrap();
+        let conv = c.ensure_conversation("x", "other", None).await.unwrap();
         assert_eq!(
             (
                 conv.collection.as_str(),
@@ -217,8 +238,8 @@ mod tests {
         assert_eq!(conv.title.as_deref(), Some("q1"));
         let t = c.turns("x").await.unwrap();
         assert_eq!(t[1].standalone_question, "q2 s");
-        c.ensure_conversation("y", "coll").await.unwrap();
-        assert_eq!(c.conversations(10).await.unwrap().len(), 2);
+        c.ensure_conversation("y", "coll", None).await.unwrap();
+        assert_eq!(c.conversations(10, None).await.unwrap().len(), 2);
         assert!(c.delete_conversation("x").await.unwrap());
         assert!(!c.delete_conversation("x").await.unwrap());
         assert!(c.turns("x").await.unwrap().is_empty());

@@ -9,9 +9,11 @@ mod conversations;
 mod documents;
 mod embeddings;
 mod jobs;
+mod keys;
 mod usage;
 
 pub use conversations::{ConversationRow, TurnRow};
+pub use keys::{AuditEntry, KeyInfo};
 pub use usage::{UsageAggregate, UsageRecord};
 
 use serde::Serialize;
@@ -41,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0002_caches_usage_conversations.sql"),
     include_str!("../../migrations/0003_job_failures_and_crashes.sql"),
     include_str!("../../migrations/0004_dropped_collections.sql"),
+    include_str!("../../migrations/0005_keys_audit_owners.sql"),
 ];
 
 async fn migrate(pool: &SqlitePool) -> Result<()> {
@@ -76,6 +79,19 @@ async fn insert_pending_delete(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// A collection name: 1-64 letters, digits, `_`, `-`, `.`, starting with a letter or digit.
+pub fn collection_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 pub fn now_ms() -> i64 {

@@ -64,7 +64,7 @@ pub async fn run(cfg: Config, args: AskArgs) -> anyhow::Result<ExitCode> {
         if let Some(k) = top_k {
             body["top_k"] = k.into();
         }
-        let resp = reqwest::Client::new()
+        let resp = super::remote::http()
             .post(format!("{base}/v1/ask"))
             .json(&body)
             .send()

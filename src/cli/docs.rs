@@ -45,7 +45,7 @@ pub async fn run(cfg: Config, cmd: DocsCmd) -> anyhow::Result<ExitCode> {
         } => {
             let listing: Option<serde_json::Value> = if let Some(base) = remote.server {
                 let base = base.trim_end_matches('/');
-                let resp = reqwest::Client::new()
+                let resp = super::remote::http()
                     .get(format!("{base}/v1/collections/{collection}/documents"))
                     .send()
                     .await
@@ -84,7 +84,7 @@ pub async fn run(cfg: Config, cmd: DocsCmd) -> anyhow::Result<ExitCode> {
         DocsCmd::Delete { id, remote } => {
             let deleted = if let Some(base) = remote.server {
                 let base = base.trim_end_matches('/');
-                let resp = reqwest::Client::new()
+                let resp = super::remote::http()
                     .delete(format!("{base}/v1/documents/{id}"))
                     .send()
                     .await

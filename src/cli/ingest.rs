@@ -116,7 +116,7 @@ pub async fn run(cfg: Config, args: IngestArgs) -> anyhow::Result<ExitCode> {
     let pb = bar(files.len() as u64, "upload");
     let mut jobs: Vec<(String, String)> = Vec::new();
     let mut failures = 0;
-    let client = reqwest::Client::new();
+    let client = super::remote::http();
     let core = match &server {
         None => Some(kb::Core::open(cfg.clone()).await?),
         Some(_) => None,

@@ -4,6 +4,7 @@ mod ask;
 mod docs;
 mod eval;
 mod ingest;
+mod keys;
 mod remote;
 mod search;
 mod serve;
@@ -54,6 +55,15 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: docs::DocsCmd,
     },
+    /// Make, list and revoke API keys (for `auth.mode = "keys"`).
+    ///
+    /// Without --server this opens the catalog of the data directory (also while a server runs
+    /// on it); with --server it calls that server with the admin key in KB_API_KEY. Exit code 5:
+    /// no such key (revoke).
+    Keys {
+        #[command(subcommand)]
+        cmd: keys::KeysCmd,
+    },
     /// Print the effective configuration (secrets masked).
     Config,
     /// Internal: extract a document from stdin in an isolated child process.
@@ -80,7 +90,7 @@ impl Cmd {
 /// Run a subcommand (all but `__extract`, which `main` runs before there is a runtime).
 pub async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<ExitCode> {
     match cmd {
-        Cmd::Serve(_) => serve::run(cfg).await,
+        Cmd::Serve(a) => serve::run(cfg, a).await,
         Cmd::Config => {
             print!("{}", cfg.to_masked_toml());
             Ok(ExitCode::SUCCESS)
@@ -90,6 +100,7 @@ pub async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<ExitCode> {
         Cmd::Search(a) => search::run(cfg, a).await,
         Cmd::Docs { cmd } => docs::run(cfg, cmd).await,
         Cmd::Eval(a) => eval::run(cfg, a).await,
+        Cmd::Keys { cmd } => keys::run(cfg, cmd).await,
         Cmd::Extract { .. } => unreachable!("main runs __extract before the runtime starts"),
     }
 }

@@ -9,6 +9,23 @@ pub struct Remote {
     pub server: Option<String>,
 }
 
+/// An HTTP client for a kb server: with `KB_API_KEY` set, every request carries it as
+/// `Authorization: Bearer` (servers with `auth.mode = "keys"`).
+pub fn http() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(key) = std::env::var("KB_API_KEY") {
+        if let Ok(mut v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.trim()))
+        {
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap_or_default()
+}
+
 /// The message of an API error body, or a fallback.
 pub async fn api_error(resp: reqwest::Response) -> String {
     let status = resp.status();

@@ -41,7 +41,7 @@ pub async fn run(cfg: Config, args: SearchArgs) -> anyhow::Result<ExitCode> {
         if let Some(m) = &mode {
             body["mode"] = m.clone().into();
         }
-        let resp = reqwest::Client::new()
+        let resp = super::remote::http()
             .post(format!("{base}/v1/search"))
             .json(&body)
             .send()

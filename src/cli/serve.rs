@@ -12,10 +12,25 @@ pub struct ServeArgs {
     /// Listen address (overrides `server.addr`).
     #[arg(long)]
     pub addr: Option<String>,
+    /// Serve without API keys on a non-loopback address (`auth.allow_insecure`).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// Serve `cfg.server.addr` (the `--addr` override is already in `cfg`).
-pub async fn run(cfg: Config) -> anyhow::Result<ExitCode> {
+pub async fn run(mut cfg: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if args.insecure {
+        cfg.auth.allow_insecure = true;
+    }
+    if cfg.auth.mode == kb::config::AuthMode::None && !cfg.server.listens_on_loopback() {
+        if !cfg.auth.allow_insecure {
+            anyhow::bail!(
+                "refusing to serve on {} without API keys: anyone who can reach it could read and delete every collection and spend the model's tokens. Set auth.mode = \"keys\" (KB_AUTH__MODE=keys; make a key with `kb keys create --name admin --scope admin`), or pass --insecure if something in front of kb does the access control",
+                cfg.server.addr
+            );
+        }
+        tracing::warn!(addr = %cfg.server.addr, "serving without API keys on a non-loopback address (--insecure): anyone who can reach it can read, delete and spend the model's tokens");
+    }
     // Before anything opens files: idle clients must not be able to take kb's last descriptor.
     let nofile = kb::serve::raise_nofile();
     let addr = cfg.server.addr.clone();

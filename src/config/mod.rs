@@ -27,6 +27,42 @@ pub struct Config {
     pub log: LogConfig,
     pub cache: CacheConfig,
     pub conversations: ConversationsConfig,
+    pub auth: AuthConfig,
+}
+
+/// `auth.mode`: who may call the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone who can reach the port (allowed only on a loopback address, unless
+    /// `auth.allow_insecure`).
+    None,
+    /// `Authorization: Bearer KEY` on every `/v1` route (`kb keys create`).
+    Keys,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// Serve without keys on a non-loopback address anyway (anyone who can reach it can read,
+    /// delete and spend the model's tokens).
+    pub allow_insecure: bool,
+    /// With keys: `/metrics` needs a key too (any valid key).
+    pub protect_metrics: bool,
+    /// With keys: `/openapi.json` needs a key too.
+    pub protect_openapi: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::None,
+            allow_insecure: false,
+            protect_metrics: true,
+            protect_openapi: false,
+        }
+    }
 }
 
 impl Default for Config {
@@ -45,6 +81,7 @@ impl Default for Config {
             log: LogConfig::default(),
             cache: CacheConfig::default(),
             conversations: ConversationsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -68,6 +105,22 @@ pub struct ServerConfig {
     /// On SIGTERM: seconds that answers in progress get to finish before their streams end with
     /// a `shutting_down` error.
     pub shutdown_grace_secs: u64,
+    /// Host names (with or without a port) requests may name in `Host`; empty: `localhost`,
+    /// `127.0.0.1` and `[::1]` when listening on loopback (against DNS rebinding), any otherwise.
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`scheme://host[:port]`) besides the server's own whose pages may send
+    /// state-changing requests (uploads, deletes, questions) from a browser.
+    pub allowed_origins: Vec<String>,
+}
+
+impl ServerConfig {
+    /// Whether `addr` is a loopback address (only this machine can connect).
+    pub fn listens_on_loopback(&self) -> bool {
+        match self.addr.parse::<std::net::SocketAddr>() {
+            Ok(a) => a.ip().is_loopback(),
+            Err(_) => self.addr.starts_with("localhost:"),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -80,6 +133,8 @@ impl Default for ServerConfig {
             body_min_bytes_per_sec: 1024,
             max_connections: 4096,
             shutdown_grace_secs: 10,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -306,7 +361,7 @@ impl Config {
         }
         fig = fig.merge(
             Env::prefixed("KB_")
-                .ignore(&["CONFIG", "LOG"])
+                .ignore(&["CONFIG", "LOG", "API_KEY"])
                 .split("__")
                 .lowercase(true),
         );

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod access;
 mod api_errors;
 mod bad_input;
 mod caches;

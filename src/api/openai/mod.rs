@@ -17,6 +17,7 @@ pub use wire::ChatCompletionChunk;
 use super::error::ApiError;
 use super::http::{sse, until_stopped, AppState, RequestId};
 use super::validate::{search_params, valid_collection};
+use crate::auth::Principal;
 use crate::error::Code;
 use crate::query::{AskEvent, AskParams};
 use axum::body::Bytes;
@@ -58,8 +59,10 @@ pub fn routes() -> Router<AppState> {
 )]
 pub(super) async fn list_models(
     State(core): State<AppState>,
+    p: Principal,
 ) -> Result<Json<ModelList>, OpenAiError> {
-    let collections = core.catalog.collections().await.map_err(ApiError::from)?;
+    let mut collections = core.catalog.collections().await.map_err(ApiError::from)?;
+    collections.retain(|c| p.can_read(&c.name));
     let mut data = Vec::with_capacity(collections.len() + 1);
     if let Some(c) = collections.iter().find(|c| c.name == DEFAULT_COLLECTION) {
         data.push(model_entry(ALIAS, &c.created_at));
@@ -73,8 +76,13 @@ pub(super) async fn list_models(
     }))
 }
 
-/// The collection a model name stands for, if it names an existing one.
-async fn resolve_model(core: &AppState, model: &str) -> Result<(String, String), OpenAiError> {
+/// The collection a model name stands for, if it names an existing one the caller may read
+/// (another tenant's collection is not a model for this key).
+async fn resolve_model(
+    core: &AppState,
+    p: &Principal,
+    model: &str,
+) -> Result<(String, String), OpenAiError> {
     let collection = if model == ALIAS {
         DEFAULT_COLLECTION
     } else {
@@ -89,7 +97,8 @@ async fn resolve_model(core: &AppState, model: &str) -> Result<(String, String),
         .await
         .map_err(ApiError::from)?
     {
-        Some(info) => Ok((collection.to_string(), info.created_at)),
+        Some(info) if p.can_read(collection) => Ok((collection.to_string(), info.created_at)),
+        Some(_) => Err(OpenAiError::model_not_found(model)),
         None => Err(OpenAiError::model_not_found(model)),
     }
 }
@@ -109,9 +118,10 @@ async fn resolve_model(core: &AppState, model: &str) -> Result<(String, String),
 )]
 pub(super) async fn get_model(
     State(core): State<AppState>,
+    p: Principal,
     Path(model): Path<String>,
 ) -> Result<Json<ModelObject>, OpenAiError> {
-    let (_, created_at) = resolve_model(&core, &model).await?;
+    let (_, created_at) = resolve_model(&core, &p, &model).await?;
     Ok(Json(model_entry(&model, &created_at)))
 }
 
@@ -138,6 +148,7 @@ pub(super) async fn get_model(
 pub(super) async fn chat_completions(
     State(core): State<AppState>,
     Extension(RequestId(request_id)): Extension<RequestId>,
+    p: Principal,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpenAiError> {
     let req = parse_request(body)?;
@@ -159,7 +170,7 @@ pub(super) async fn chat_completions(
         }
     }
     let question = question_of(&req.messages)?;
-    let (collection, _) = resolve_model(&core, &req.model).await?;
+    let (collection, _) = resolve_model(&core, &p, &req.model).await?;
     let search = search_params(&core, Some(collection.clone()), &question, None, None, None)
         .map_err(|e| OpenAiError {
             param: Some("messages".into()),
