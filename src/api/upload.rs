@@ -70,7 +70,27 @@ pub fn valid_filename(name: &str) -> Result<String, ApiError> {
     if name.contains('/') || name.contains('\\') || name == "." || name == ".." {
         return Err(bad("the file name must not contain path components"));
     }
-    Ok(name.to_string())
+    // Invisible characters make names lie: a right-to-left override shows
+    // `invoice\u{202e}txt.exe` as "invoiceexe.txt", a zero-width space makes `known\u{200b}.md`
+    // look like `known.md`.
+    if let Some(c) = name.chars().find(|&c| invisible(c)) {
+        return Err(bad(&format!(
+            "the file name contains an invisible formatting character (U+{:04X})",
+            c as u32
+        )));
+    }
+    // One spelling per name: `é` typed as one character or as `e` and an accent is one name.
+    use unicode_normalization::UnicodeNormalization;
+    Ok(name.nfc().collect())
+}
+
+/// Bidirectional controls, zero-width characters and other invisible format characters.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+        | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}')
 }
 
 fn extract_error(name: &str, e: ExtractError) -> ApiError {
@@ -400,6 +420,11 @@ mod tests {
     fn filenames_with_paths_or_controls_are_rejected() {
         assert!(valid_filename("report.pdf").is_ok());
         assert!(valid_filename("ünïcode name (1).md").is_ok());
+        // Decomposed and composed spellings are one name.
+        assert_eq!(
+            valid_filename("cafe\u{301}.md").unwrap(),
+            valid_filename("caf\u{e9}.md").unwrap()
+        );
         for bad in [
             "",
             "  ",
@@ -409,6 +434,10 @@ mod tests {
             "bad\nname.txt",
             "nul\0.txt",
             "..",
+            "invoice\u{202e}txt.exe",
+            "known\u{200b}.md",
+            "\u{feff}bom.txt",
+            "a\u{2066}b.txt",
         ] {
             let e = valid_filename(bad).unwrap_err();
             assert_eq!(e.code(), Code::InvalidFilename, "{bad:?}");

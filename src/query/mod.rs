@@ -17,6 +17,7 @@ pub mod extractive;
 pub mod guard;
 pub mod prompt;
 mod retrieve;
+pub mod sanitize;
 mod visibility;
 
 pub use ask::CachedAnswer;

@@ -81,7 +81,7 @@ fn idle_and_slow_clients_cannot_lock_kb_out() {
     let mut slow_headers: Vec<TcpStream> = (0..20)
         .map(|_| {
             let mut c = TcpStream::connect(&addr).unwrap();
-            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
                 .unwrap();
             c
         })
@@ -90,7 +90,7 @@ fn idle_and_slow_clients_cannot_lock_kb_out() {
     let mut slow_body = TcpStream::connect(&addr).unwrap();
     write!(
         slow_body,
-        "POST /v1/collections/flood/documents HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 100000\r\n\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"slow.md\"\r\n\r\n"
+        "POST /v1/collections/flood/documents HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 100000\r\n\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"slow.md\"\r\n\r\n"
     )
     .unwrap();
     let started = Instant::now();
@@ -171,7 +171,7 @@ fn a_stalled_json_body_gets_408() {
     let s = Server::start_with(&[("KB_SERVER__BODY_TIMEOUT_SECS", "1")]);
     let addr = s.base.strip_prefix("http://").unwrap();
     let mut c = TcpStream::connect(addr).unwrap();
-    c.write_all(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{\"collection\": \"x\", ")
+    c.write_all(b"POST /v1/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{\"collection\": \"x\", ")
         .unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut resp = String::new();

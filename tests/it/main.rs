@@ -16,6 +16,7 @@ mod embed;
 mod eval;
 mod full_loop;
 mod governor;
+mod injection;
 mod limits;
 mod llm;
 mod local_llm;

@@ -10,7 +10,7 @@ use crate::error::ClientError;
 use crate::models::{ChatDelta, ChatRequest, Usage};
 use crate::query::engine::{QueryEngine, SearchParams, Source};
 use crate::query::events::AskParams;
-use crate::query::{extractive, guard, prompt};
+use crate::query::{extractive, guard, prompt, sanitize};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use std::time::Instant;
@@ -46,6 +46,7 @@ impl Run<'_> {
         let s = async_stream::stream! {
             let Some(chat) = &e.chat else {
                 let (text, g) = e.extractive_answer(&r.search, &r.sources).await;
+                let text = sanitize::neutralize(&text);
                 let mut first_token = None;
                 for piece in extractive::pieces(&text) {
                     first_token.get_or_insert_with(ms);
@@ -82,6 +83,8 @@ impl Run<'_> {
             };
             let (mut text, mut usage) = (String::new(), Usage::default());
             let (mut first_token, mut call_first) = (None, None);
+            // What the model writes goes out with images and unsafe links neutralised.
+            let mut clean = sanitize::StreamSanitizer::default();
             while let Some(item) = stream.next().await {
                 match item {
                     Ok(ChatDelta::Text(t)) => {
@@ -89,8 +92,11 @@ impl Run<'_> {
                             first_token = Some(ms());
                             call_first = Some(call_ms());
                         }
-                        text.push_str(&t);
-                        yield Piece::Token(t);
+                        let t = clean.push(&t);
+                        if !t.is_empty() {
+                            text.push_str(&t);
+                            yield Piece::Token(t);
+                        }
                     }
                     Ok(ChatDelta::Usage(u)) => usage = u,
                     Err(err) => {
@@ -102,8 +108,15 @@ impl Run<'_> {
                     }
                 }
             }
+            let rest = clean.finish();
+            if !rest.is_empty() {
+                text.push_str(&rest);
+                yield Piece::Token(rest);
+            }
             let record = e.record(p, "answer", model, &usage, Some(call_ms()), call_first, false, "ok");
             let (guard, grounding) = e.apply_guard(p, &mut text, &r.search, &r.sources).await;
+            // A replacement by the guard is quoted text too.
+            let text = sanitize::neutralize(&text);
             yield Piece::Answered(Box::new(Answered {
                 text, answerer: "llm", first_token, grounding, guard, record,
             }));

@@ -374,6 +374,10 @@ fn best_passages(question: &str, sources: &[Source]) -> Vec<Passage> {
                 let mut set: HashSet<String> = seg.key.clone();
                 let mut statements = 0;
                 for (k, (unit, stems)) in seg.units.iter().enumerate().skip(start).take(3) {
+                    // Questions and instructions to a model are never quoted as answers.
+                    if !output::quotable(&unit.text) {
+                        break;
+                    }
                     let n_words =
                         text.split_whitespace().count() + unit.text.split_whitespace().count();
                     if !text.is_empty() && n_words > MAX_WINDOW_WORDS {
