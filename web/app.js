@@ -49,11 +49,36 @@ async function errorFrom(res) {
   return new ApiError(res.status, code, message);
 }
 
+// API keys (servers with auth.mode = "keys"): asked for on the first 401, kept for this tab
+// only (session storage), sent as Authorization: Bearer.
+const KEY_ITEM = 'kb-api-key';
+function authHeaders() {
+  const key = sessionStorage.getItem(KEY_ITEM);
+  return key ? { Authorization: 'Bearer ' + key } : {};
+}
+// After a 401: ask for a key; true when one was given (the request is then sent again).
+function askForKey(hadKey) {
+  const key = window.prompt(hadKey ? 'That API key was not accepted. API key:' : 'This kb server needs an API key:');
+  if (!key || !key.trim()) return false;
+  sessionStorage.setItem(KEY_ITEM, key.trim());
+  return true;
+}
+// fetch with the key, asking for one (once) on a 401.
+async function authFetch(path, opts = {}) {
+  const send = () => fetch(path, { ...opts, headers: { ...(opts.headers || {}), ...authHeaders() } });
+  const used = sessionStorage.getItem(KEY_ITEM);
+  const res = await send();
+  if (res.status !== 401) return res;
+  // Requests refused together at page load: the first asks, the others use its answer.
+  if (sessionStorage.getItem(KEY_ITEM) !== used) return send();
+  return askForKey(!!used) ? send() : res;
+}
+
 // fetch wrapper: JSON in/out, throws ApiError on non-2xx, status 0 when unreachable.
 async function api(path, opts = {}) {
   let res;
   try {
-    res = await fetch(path, opts);
+    res = await authFetch(path, opts);
   } catch (e) {
     if (e.name === 'AbortError') throw e;
     setStatus('Server unreachable: ' + e.message);
@@ -248,6 +273,7 @@ function postForm(url, form, onProgress) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open('POST', url);
+    for (const [k, v] of Object.entries(authHeaders())) xhr.setRequestHeader(k, v);
     xhr.responseType = 'text';
     xhr.upload.addEventListener('progress', (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); });
     xhr.addEventListener('load', () => {
@@ -299,12 +325,12 @@ const STAGES = { queued: 'queued', extract: 'extracting text', chunk: 'chunking'
 
 function followJob(jobId, set, duplicate, label = '') {
   set((duplicate ? 'queued (duplicate)' : 'queued') + label, 'active');
-  const es = new EventSource(`/v1/jobs/${encodeURIComponent(jobId)}/events`);
   let finished = false;
-  const end = () => { finished = true; es.close(); loadDocs(); };
-  es.addEventListener('progress', (ev) => {
+  let close = () => {};
+  const end = () => { finished = true; close(); loadDocs(); };
+  const onProgress = (raw) => {
     let p;
-    try { p = JSON.parse(ev.data); } catch { return; }
+    try { p = JSON.parse(raw); } catch { return; }
     if (p.status === 'done') {
       set('ready' + label + (p.total ? ` · ${p.total} chunk${p.total === 1 ? '' : 's'}` : ''), 'done');
     } else if (p.status === 'failed') {
@@ -315,12 +341,35 @@ function followJob(jobId, set, duplicate, label = '') {
       return;
     }
     end();
-  });
+  };
+  const lost = () => {
+    if (finished) return;
+    set('progress unavailable (see the document list)', 'failed');
+    loadDocs();
+  };
+  const url = `/v1/jobs/${encodeURIComponent(jobId)}/events`;
+  if (sessionStorage.getItem(KEY_ITEM)) {
+    // EventSource cannot send a key: the same stream over fetch.
+    const ctl = new AbortController();
+    close = () => ctl.abort();
+    authFetch(url, { headers: { Accept: 'text/event-stream' }, signal: ctl.signal })
+      .then((res) => {
+        if (!res.ok) { lost(); return; }
+        return readSSE(res.body, (name, raw) => {
+          if (name === 'progress') onProgress(raw);
+          else if (name === 'deleted') { set('deleted', 'failed'); end(); }
+        }, () => {}).then(() => lost());
+      })
+      .catch((e) => { if (e.name !== 'AbortError') lost(); });
+    return;
+  }
+  const es = new EventSource(url);
+  close = () => es.close();
+  es.addEventListener('progress', (ev) => onProgress(ev.data));
   es.addEventListener('deleted', () => { set('deleted', 'failed'); end(); });
   es.addEventListener('error', () => {
     if (finished || es.readyState !== EventSource.CLOSED) return; // browser retries on its own
-    set('progress unavailable (see the document list)', 'failed');
-    loadDocs();
+    lost();
   });
 }
 
@@ -571,7 +620,7 @@ async function askOnce() {
     const body = { question, collection: coll };
     if (conv.id) body.conversation_id = conv.id;
     else body.conversation = true;
-    const res = await fetch('/v1/ask', {
+    const res = await authFetch('/v1/ask', {
       method: 'POST',
       headers: { 'Content-Type': 'application/json', Accept: 'text/event-stream' },
       body: JSON.stringify(body),

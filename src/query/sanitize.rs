@@ -10,8 +10,9 @@ use std::sync::LazyLock;
 
 static IMAGE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"!\[([^\]\n]*)\]\s*(\([^)\n]*\)|\[[^\]\n]*\])").expect("regex"));
-static LINK: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\[([^\]\n]*)\]\(\s*<?([^)\s>]*)>?[^)\n]*\)").expect("regex"));
+static LINK: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\[([^\]\n]*)\]\(\s*<?((?:[^()\s>]|\([^()\s]*\))*)>?[^)\n]*\)").expect("regex")
+});
 static AUTOLINK: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"<([a-zA-Z][a-zA-Z0-9+.-]*):[^>\s]*>").expect("regex"));
 static ACTIVE_TAG: LazyLock<Regex> = LazyLock::new(|| {
@@ -150,7 +151,7 @@ mod tests {
         );
         assert_eq!(neutralize("![](http://x/y.png)"), "[image]");
         assert_eq!(neutralize("![a][ref]"), "[image: a]");
-        assert_eq!(neutralize("[click](javascript:alert(1))"), "click)");
+        assert_eq!(neutralize("[click](javascript:alert(1))"), "click");
         assert_eq!(neutralize("[doc](data:text/html,x)"), "doc");
         assert_eq!(
             neutralize("[the manual](https://example.org/man) and [mail](mailto:a@b.c)"),

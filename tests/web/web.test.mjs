@@ -362,8 +362,11 @@ test('streaming, stop, hostile model output, upstream errors, server down', asyn
   await page.waitForFunction(() => document.querySelector('#answer-meta').textContent.length > 0, null, { timeout: 60_000 });
   assert.equal(await page.locator('#answer img, #answer a').count(), 0);
   const hostile = await page.textContent('#answer');
+  // The server neutralised them (the page would too): an image is its alt text, the tag and
+  // the javascript: link are gone.
   assert.match(hostile, /\[image: x\]/);
-  assert.match(hostile, /<img src=/);
+  assert.doesNotMatch(hostile, /<img|javascript:|leak/);
+  assert.match(hostile, /a link/);
   await shot(page, '10-hostile-model-output');
 
   // Stop a running answer: the stream ends, the page is usable again, nothing more arrives.
@@ -541,6 +544,39 @@ test('conversations: follow-ups, the thread, a new one, reopen, delete', async (
   assert.equal((await fetch(`${base}/v1/conversations/${first}`)).status, 404);
   await shot(page, '19-conversation-deleted');
 
+  assertOnlySelf(page, base);
+  await page.close();
+});
+
+test('a server with API keys: the page asks for one, keeps it for the tab, and works', async () => {
+  const dir = join(tmp, 'keys');
+  // A key made on the data dir before the server starts, as an operator would.
+  const { spawnSync } = await import('node:child_process');
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('KB_') || k === 'KB_MODELS_DIR'));
+  const made = spawnSync(bin, ['keys', 'create', '--name', 'web', '--scope', '*', '--data-dir', join(dir, 'data'), '--json'], { env });
+  assert.equal(made.status, 0, String(made.stderr));
+  const key = JSON.parse(String(made.stdout)).key;
+  const base = await startServer('keys', { KB_AUTH__MODE: 'keys' });
+  assert.equal((await fetch(`${base}/v1/collections`)).status, 401);
+  const page = await newPage();
+  const prompts = [];
+  page.removeAllListeners('dialog');
+  page.on('dialog', (d) => { prompts.push(d.message()); d.accept(key); });
+  await page.goto(base + '/');
+  await page.waitForFunction(() => sessionStorage.getItem('kb-api-key'));
+  assert.deepEqual(prompts, ['This kb server needs an API key:']);
+  await page.fill('#collection', 'locked');
+  await page.press('#collection', 'Enter');
+  const doc = join(tmp, 'vault-hours.txt');
+  writeFileSync(doc, 'The Vault.\n\nThe vault opens at nine in the morning and closes at five.\n');
+  await page.setInputFiles('#file-input', doc);
+  // Progress arrives over the keyed event stream, upload and all.
+  await page.waitForFunction(() => /ready/.test(document.querySelector('#upload-list li')?.textContent || ''), null, { timeout: 120_000 });
+  await ask(page, 'When does the vault open?');
+  await page.waitForFunction(() => document.querySelector('#answer-meta').textContent.length > 0, null, { timeout: 60_000 });
+  assert.match(await page.textContent('#answer'), /nine in the morning/);
+  assert.equal(prompts.length, 1, 'asked for the key once');
+  await shot(page, '20-keys');
   assertOnlySelf(page, base);
   await page.close();
 });
