@@ -288,9 +288,12 @@ pub async fn make_key(
     request_body = CreateKey,
     responses(
         (status = 201, description = "The key (shown only here) and its record", body = CreatedKey),
-        (status = 400, description = "`invalid_request`: unknown scope or bad name", body = ErrorBody),
+        (status = 400, description = "`invalid_request`: unknown scope or bad name; `malformed_json`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 403, description = "`forbidden`: not an admin key", body = ErrorBody),
+        (status = 413, description = "`body_too_large` (over 2 MB)", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: a field of the wrong type, a missing or an unknown one", body = ErrorBody),
     )
 )]
 pub(super) async fn create_key(

@@ -74,15 +74,21 @@ pub struct UsageTotal {
     params(("since" = Option<String>, Query, description = "RFC 3339 start of the window; default: the last 24 hours")),
     responses(
         (status = 200, description = "Usage of model calls since `since`, per collection and model, and in total", body = UsageResponse),
-        (status = 400, description = "`invalid_since`. An unknown query parameter is refused with a plain-text 400", body = ErrorBody),
+        (status = 400, description = "`invalid_since`, or `invalid_request` (an unknown or repeated query parameter)", body = ErrorBody),
         (status = 500, description = "`internal_error` (details in the server log)", body = ErrorBody),
     )
 )]
 pub(super) async fn usage(
     State(core): State<AppState>,
     p: crate::auth::Principal,
-    axum::extract::Query(q): axum::extract::Query<UsageQuery>,
+    q: Result<axum::extract::Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<UsageResponse>, ApiError> {
+    let axum::extract::Query(q) = q.map_err(|e| {
+        ApiError::new(
+            Code::InvalidRequest,
+            format!("query parameters: {} (only `since` is known)", e.body_text()),
+        )
+    })?;
     let since = match &q.since {
         Some(s) => chrono::DateTime::parse_from_rfc3339(s)
             .map_err(|e| ApiError::new(Code::InvalidSince, format!("since: {e} (RFC 3339)")))?
