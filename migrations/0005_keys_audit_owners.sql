@@ -6,6 +6,8 @@ CREATE TABLE api_keys (
     hash TEXT NOT NULL UNIQUE,
     -- JSON array of scopes: "admin", "*", "read:NAME", "write:NAME" (NAME may be "*")
     scopes TEXT NOT NULL,
+    -- requests per minute this key may make (0: no limit of its own)
+    rpm INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL,
     revoked_at INTEGER
 );

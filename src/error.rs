@@ -69,6 +69,8 @@ codes! {
     HostNotAllowed = "host_not_allowed", FORBIDDEN, false, false;
     CrossOrigin = "cross_origin_request", FORBIDDEN, false, false;
     KeyNotFound = "key_not_found", NOT_FOUND, false, false;
+    /// The key's own request rate (`rpm`) is used up.
+    KeyRateLimited = "rate_limited", TOO_MANY_REQUESTS, true, true;
     /// The request body came too slowly (`server.body_timeout_secs`, `body_min_bytes_per_sec`).
     RequestTimeout = "request_timeout", REQUEST_TIMEOUT, true, false;
     /// A request body over the server's limit (2 MB for JSON).
@@ -93,6 +95,7 @@ codes! {
     MalformedMultipart = "malformed_multipart", BAD_REQUEST, false, false;
     NoFiles = "no_files", BAD_REQUEST, false, false;
     TooManyFiles = "too_many_files", PAYLOAD_TOO_LARGE, false, false;
+    TooManyParts = "too_many_parts", PAYLOAD_TOO_LARGE, false, false;
     InvalidFilename = "invalid_filename", BAD_REQUEST, false, false;
     FileTooLarge = "file_too_large", PAYLOAD_TOO_LARGE, false, false;
     EmptyFile = "empty_file", BAD_REQUEST, false, false;

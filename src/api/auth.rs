@@ -83,6 +83,21 @@ pub async fn authenticate(State(core): State<AppState>, mut req: Request, next: 
     let hash = crate::auth::hash_key(&core.auth_secret, &key);
     match core.catalog.key_by_hash(&hash).await {
         Ok(Some(k)) => {
+            if k.rpm > 0 {
+                let now = std::time::Instant::now();
+                if let Err(wait) =
+                    core.governor
+                        .buckets()
+                        .try_take(&format!("key:{}", k.id), k.rpm, 0, 0, now)
+                {
+                    let e = crate::error::ClientError::new(
+                        Code::KeyRateLimited,
+                        format!("this key may make {} requests per minute", k.rpm),
+                    )
+                    .with_retry_after(Some(wait));
+                    return drained(req, ApiError(e).into_response()).await;
+                }
+            }
             let scopes = k
                 .scopes
                 .iter()
@@ -224,6 +239,10 @@ pub struct CreateKey {
     pub name: String,
     /// `admin`, `*`, `read:COLLECTION`, `write:COLLECTION` (COLLECTION may be `*`).
     pub scopes: Vec<String>,
+    /// Requests per minute the key may make (absent or 0: no limit of its own); shared by the
+    /// replicas through Redis when `cache.redis_url` is set.
+    #[serde(default)]
+    pub rpm: u32,
 }
 
 /// A new key: `key` is shown this once.
@@ -267,6 +286,7 @@ pub async fn make_key(
     secret: &[u8],
     name: &str,
     scopes: &[String],
+    rpm: u32,
 ) -> Result<CreatedKey, String> {
     let name = name.trim();
     if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
@@ -275,7 +295,13 @@ pub async fn make_key(
     let scopes = parse_scopes(scopes)?;
     let (id, key) = crate::auth::new_key();
     let info = catalog
-        .create_key(&id, name, &crate::auth::hash_key(secret, &key), &scopes)
+        .create_key(
+            &id,
+            name,
+            &crate::auth::hash_key(secret, &key),
+            &scopes,
+            rpm,
+        )
         .await
         .map_err(|e| e.to_string())?;
     Ok(CreatedKey { info, key })
@@ -302,9 +328,15 @@ pub(super) async fn create_key(
     JsonBody(req): JsonBody<CreateKey>,
 ) -> Result<Response, ApiError> {
     require_admin(&p)?;
-    let created = make_key(&core.catalog, &core.auth_secret, &req.name, &req.scopes)
-        .await
-        .map_err(|m| ApiError::new(Code::InvalidRequest, m))?;
+    let created = make_key(
+        &core.catalog,
+        &core.auth_secret,
+        &req.name,
+        &req.scopes,
+        req.rpm,
+    )
+    .await
+    .map_err(|m| ApiError::new(Code::InvalidRequest, m))?;
     audit(&core, &p, "key.create", &created.info.id).await;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }

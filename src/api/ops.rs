@@ -86,7 +86,10 @@ pub(super) async fn usage(
     let axum::extract::Query(q) = q.map_err(|e| {
         ApiError::new(
             Code::InvalidRequest,
-            format!("query parameters: {} (only `since` is known)", e.body_text()),
+            format!(
+                "query parameters: {} (only `since` is known)",
+                e.body_text()
+            ),
         )
     })?;
     let since = match &q.since {

@@ -261,7 +261,7 @@ async fn drain_rest(multipart: &mut Multipart) {
         (status = 202, description = "Registered; ingestion queued", body = UploadResponse),
         (status = 400, description = "`invalid_collection`, `invalid_filename`, `empty_file`, `no_files`, `malformed_multipart`", body = ErrorBody),
         (status = 409, description = "`embedder_mismatch`: the collection was built with another embedding model", body = ErrorBody),
-        (status = 413, description = "`file_too_large` (`limits.max_upload_bytes`) or `too_many_files` (`limits.max_files_per_request`)", body = ErrorBody),
+        (status = 413, description = "`file_too_large` (`limits.max_upload_bytes`, or text over the 64 MiB of one document), `too_many_files` (`limits.max_files_per_request`) or `too_many_parts` (twice that, plus 16)", body = ErrorBody),
         (status = 415, description = "`expected_multipart` (not multipart/form-data) or `unsupported_media_type` (a file of a type kb does not read)", body = ErrorBody),
         (status = 422, description = "`invalid_utf8`, `corrupt_pdf` (truncated), `unprocessable_document`", body = ErrorBody),
         (status = 500, description = "`internal_error` (details in the server log)", body = ErrorBody),
@@ -298,11 +298,26 @@ pub async fn upload(
     let max_text = core.ingestor.limits.max_text_bytes as u64;
     let mut staged: Vec<Staged> = Vec::new();
     let mut cleanup = Cleanup(Vec::new());
+    // Parts other than `file` are ignored, but not without end.
+    let max_parts = max_files.saturating_mul(2) + 16;
+    let mut parts = 0usize;
     while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+        parts += 1;
+        if parts > max_parts {
+            // Read on (to a bound) so that the client, still sending, gets the 413.
+            drop(field);
+            drain_rest(&mut multipart).await;
+            return Err(ApiError::new(
+                Code::TooManyParts,
+                format!("at most {max_parts} multipart parts per request"),
+            ));
+        }
         if field.name() != Some("file") {
             continue;
         }
         if staged.len() >= max_files {
+            drop(field);
+            drain_rest(&mut multipart).await;
             return Err(ApiError::new(
                 Code::TooManyFiles,
                 format!("at most {max_files} files per request"),

@@ -8,6 +8,8 @@ pub struct KeyInfo {
     pub id: String,
     pub name: String,
     pub scopes: Vec<String>,
+    /// Requests per minute it may make (0: no limit of its own).
+    pub rpm: u32,
     pub created_at: String,
     /// When it was revoked (it no longer works), if it was.
     pub revoked_at: Option<String>,
@@ -32,6 +34,7 @@ fn key_info(r: &sqlx::sqlite::SqliteRow) -> KeyInfo {
         scopes: serde_json::from_str(&scopes).unwrap_or_default(),
         created_at: iso(r.get(3)),
         revoked_at: r.get::<Option<i64>, _>(4).map(iso),
+        rpm: r.get::<i64, _>(5).clamp(0, u32::MAX as i64) as u32,
     }
 }
 
@@ -42,22 +45,25 @@ impl Catalog {
         name: &str,
         hash: &str,
         scopes: &[String],
+        rpm: u32,
     ) -> Result<KeyInfo> {
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO api_keys (id, name, hash, scopes, created_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (id, name, hash, scopes, created_at, rpm) VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(id)
         .bind(name)
         .bind(hash)
         .bind(serde_json::to_string(scopes).expect("strings serialise"))
         .bind(now)
+        .bind(rpm as i64)
         .execute(&self.pool)
         .await?;
         Ok(KeyInfo {
             id: id.into(),
             name: name.into(),
             scopes: scopes.to_vec(),
+            rpm,
             created_at: iso(now),
             revoked_at: None,
         })
@@ -65,7 +71,7 @@ impl Catalog {
 
     pub async fn keys(&self) -> Result<Vec<KeyInfo>> {
         let rows = sqlx::query(
-            "SELECT id, name, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at",
+            "SELECT id, name, scopes, created_at, revoked_at, rpm FROM api_keys ORDER BY created_at",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -75,7 +81,7 @@ impl Catalog {
     /// The live (not revoked) key with this hash.
     pub async fn key_by_hash(&self, hash: &str) -> Result<Option<KeyInfo>> {
         let row = sqlx::query(
-            "SELECT id, name, scopes, created_at, revoked_at FROM api_keys WHERE hash = ? AND revoked_at IS NULL",
+            "SELECT id, name, scopes, created_at, revoked_at, rpm FROM api_keys WHERE hash = ? AND revoked_at IS NULL",
         )
         .bind(hash)
         .fetch_optional(&self.pool)

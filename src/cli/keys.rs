@@ -17,6 +17,9 @@ pub enum KeysCmd {
         /// admin, *, read:COLLECTION, write:COLLECTION (COLLECTION may be *); repeat for several.
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
+        /// Requests per minute the key may make (0: no limit of its own).
+        #[arg(long, default_value_t = 0)]
+        rpm: u32,
         #[command(flatten)]
         remote: Remote,
         #[arg(long)]
@@ -58,12 +61,13 @@ pub async fn run(cfg: Config, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
         KeysCmd::Create {
             name,
             scopes,
+            rpm,
             remote,
             json,
         } => {
             let created: serde_json::Value = match remote.server {
                 Some(base) => {
-                    let body = serde_json::json!({"name": name, "scopes": scopes});
+                    let body = serde_json::json!({"name": name, "scopes": scopes, "rpm": rpm});
                     send(http().post(format!("{base}/v1/keys")).json(&body))
                         .await?
                         .json()
@@ -71,7 +75,7 @@ pub async fn run(cfg: Config, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
                 }
                 None => {
                     let (catalog, secret) = catalog(&cfg).await?;
-                    let k = kb::api::make_key(&catalog, &secret, &name, &scopes)
+                    let k = kb::api::make_key(&catalog, &secret, &name, &scopes, rpm)
                         .await
                         .map_err(anyhow::Error::msg)?;
                     let _ = catalog

@@ -371,3 +371,52 @@ fn no_keys_on_a_public_address_is_refused() {
         "{err}"
     );
 }
+
+/// A key with its own rate: past it, 429 `rate_limited` with Retry-After, while other keys go on.
+#[test]
+fn a_key_with_a_rate_is_held_to_it() {
+    let s = Server::start_with(&[("KB_AUTH__MODE", "keys")]);
+    let out = kb_cli(
+        &s.data_dir,
+        &[
+            "keys", "create", "--name", "slow", "--scope", "read:*", "--rpm", "3", "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["rpm"], 3);
+    let slow = As {
+        s: &s,
+        key: made["key"].as_str().unwrap().to_string(),
+    };
+    let out = kb_cli(
+        &s.data_dir,
+        &[
+            "keys", "create", "--name", "free", "--scope", "read:*", "--json",
+        ],
+    );
+    let free = As {
+        s: &s,
+        key: serde_json::from_slice::<Value>(&out.stdout).unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    };
+    for _ in 0..3 {
+        assert_eq!(slow.get("/v1/collections").0, 200);
+    }
+    let r = slow
+        .req(reqwest::Method::GET, "/v1/collections")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(r.json::<Value>().unwrap()["error"]["code"], "rate_limited");
+    for _ in 0..5 {
+        assert_eq!(free.get("/v1/collections").0, 200);
+    }
+}

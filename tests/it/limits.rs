@@ -445,3 +445,41 @@ fn a_flood_of_searches_is_shed_with_429() {
     }
     assert!(!s.search("shed", "canal freezes", 1).is_empty());
 }
+
+/// Parts other than `file` are ignored, but a request of thousands of them is refused (413).
+#[test]
+fn a_flood_of_multipart_parts_is_refused() {
+    let s = Server::start_with(&[("KB_LIMITS__MAX_FILES_PER_REQUEST", "4")]);
+    let mut form = reqwest::blocking::multipart::Form::new();
+    for i in 0..200 {
+        form = form.text(format!("junk{i}"), "x");
+    }
+    form = form.part(
+        "file",
+        reqwest::blocking::multipart::Part::bytes(b"# A\n\nafter the junk\n".to_vec())
+            .file_name("a.md"),
+    );
+    let r = Server::client()
+        .post(s.url("/v1/collections/parts/documents"))
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        r.json::<Value>().unwrap()["error"]["code"],
+        "too_many_parts"
+    );
+    // A few extra parts are fine.
+    let form = reqwest::blocking::multipart::Form::new()
+        .text("note", "x")
+        .part(
+            "file",
+            reqwest::blocking::multipart::Part::bytes(b"# B\n\nfine\n".to_vec()).file_name("b.md"),
+        );
+    let r = Server::client()
+        .post(s.url("/v1/collections/parts/documents"))
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+}

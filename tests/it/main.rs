@@ -24,3 +24,4 @@ mod openai;
 mod openapi;
 mod redis_buckets;
 mod reliability;
+mod secrets;

@@ -52,6 +52,11 @@ impl Governor {
         Governor::with_store(policy, Arc::new(LocalBuckets::default()))
     }
 
+    /// The token buckets (in memory, or shared through Redis), for other rate limits too.
+    pub fn buckets(&self) -> &Arc<dyn BucketStore> {
+        &self.buckets
+    }
+
     pub fn with_store(policy: Policy, buckets: Arc<dyn BucketStore>) -> Governor {
         Governor {
             policy,
