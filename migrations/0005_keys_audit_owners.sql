@@ -6,8 +6,11 @@ CREATE TABLE api_keys (
     hash TEXT NOT NULL UNIQUE,
     -- JSON array of scopes: "admin", "*", "read:NAME", "write:NAME" (NAME may be "*")
     scopes TEXT NOT NULL,
-    -- requests per minute this key may make (0: no limit of its own)
+    -- requests and model tokens per minute, and model tokens per day (UTC), this key may use
+    -- (0: no limit of its own)
     rpm INTEGER NOT NULL DEFAULT 0,
+    tpm INTEGER NOT NULL DEFAULT 0,
+    daily_tokens INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL,
     revoked_at INTEGER
 );
@@ -26,3 +29,7 @@ CREATE INDEX audit_ts ON audit(ts);
 
 -- A conversation belongs to the key that created it (NULL: created without keys).
 ALTER TABLE conversations ADD COLUMN owner TEXT;
+
+-- The key a model call was made for: its token limits are counted from here.
+ALTER TABLE usage ADD COLUMN key_id TEXT;
+CREATE INDEX usage_key_ts ON usage(key_id, ts);

@@ -71,6 +71,8 @@ codes! {
     KeyNotFound = "key_not_found", NOT_FOUND, false, false;
     /// The key's own request rate (`rpm`) is used up.
     KeyRateLimited = "rate_limited", TOO_MANY_REQUESTS, true, true;
+    /// The key's tokens for the day (UTC) are used up.
+    TokenBudgetExhausted = "token_budget_exhausted", TOO_MANY_REQUESTS, true, true;
     /// The request body came too slowly (`server.body_timeout_secs`, `body_min_bytes_per_sec`).
     RequestTimeout = "request_timeout", REQUEST_TIMEOUT, true, false;
     /// A request body over the server's limit (2 MB for JSON).

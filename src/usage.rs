@@ -74,6 +74,7 @@ impl UsageLog {
                 Err(e) => e.code().into(),
             },
             cost_usd: self.cost(model, tokens, 0),
+            key_id: None,
         };
         let catalog = self.catalog.clone();
         tokio::spawn(async move {

@@ -272,6 +272,7 @@ pub(super) async fn ask(
         request_id,
         conversation_id,
         use_cache: req.cache != Some(false),
+        key_id: who.key_id().map(str::to_string),
     });
     if wants_json {
         let (mut meta, mut sources) = (None, Vec::new());

@@ -98,6 +98,11 @@ pub async fn authenticate(State(core): State<AppState>, mut req: Request, next: 
                     return drained(req, ApiError(e).into_response()).await;
                 }
             }
+            match token_limit(&core, &k).await {
+                Ok(None) => {}
+                Ok(Some(e)) => return drained(req, ApiError(e).into_response()).await,
+                Err(e) => return ApiError::internal(e).into_response(),
+            }
             let scopes = k
                 .scopes
                 .iter()
@@ -113,6 +118,46 @@ pub async fn authenticate(State(core): State<AppState>, mut req: Request, next: 
         Ok(None) => drained(req, unauthorized("unknown or revoked API key")).await,
         Err(e) => ApiError::internal(e).into_response(),
     }
+}
+
+/// The refusal when the key has used its model tokens for the minute or the day (UTC), counted
+/// from the usage records (shared by replicas that share the catalog).
+async fn token_limit(
+    core: &AppState,
+    k: &KeyInfo,
+) -> Result<Option<crate::error::ClientError>, crate::catalog::CatalogError> {
+    let now = crate::catalog::now_ms();
+    if k.tpm > 0 {
+        let (used, oldest) = core.catalog.key_tokens_since(&k.id, now - 60_000).await?;
+        if used >= k.tpm {
+            let wait = oldest.map_or(60_000, |t| (t + 60_000 - now).max(1_000));
+            return Ok(Some(
+                crate::error::ClientError::new(
+                    Code::KeyRateLimited,
+                    format!("this key may use {} model tokens per minute", k.tpm),
+                )
+                .with_retry_after(Some(std::time::Duration::from_millis(wait as u64))),
+            ));
+        }
+    }
+    if k.daily_tokens > 0 {
+        let day = now - now.rem_euclid(86_400_000);
+        let (used, _) = core.catalog.key_tokens_since(&k.id, day).await?;
+        if used >= k.daily_tokens {
+            let wait = day + 86_400_000 - now;
+            return Ok(Some(
+                crate::error::ClientError::new(
+                    Code::TokenBudgetExhausted,
+                    format!(
+                        "this key has used its {} model tokens for today (UTC)",
+                        k.daily_tokens
+                    ),
+                )
+                .with_retry_after(Some(std::time::Duration::from_millis(wait as u64))),
+            ));
+        }
+    }
+    Ok(None)
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Principal {
@@ -243,6 +288,12 @@ pub struct CreateKey {
     /// replicas through Redis when `cache.redis_url` is set.
     #[serde(default)]
     pub rpm: u32,
+    /// Model tokens per minute (absent or 0: no limit of its own).
+    #[serde(default)]
+    pub tpm: u64,
+    /// Model tokens per day, UTC (absent or 0: no limit of its own).
+    #[serde(default)]
+    pub daily_tokens: u64,
 }
 
 /// A new key: `key` is shown this once.
@@ -286,7 +337,7 @@ pub async fn make_key(
     secret: &[u8],
     name: &str,
     scopes: &[String],
-    rpm: u32,
+    limits: crate::catalog::KeyLimits,
 ) -> Result<CreatedKey, String> {
     let name = name.trim();
     if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
@@ -300,7 +351,7 @@ pub async fn make_key(
             name,
             &crate::auth::hash_key(secret, &key),
             &scopes,
-            rpm,
+            limits,
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -328,12 +379,17 @@ pub(super) async fn create_key(
     JsonBody(req): JsonBody<CreateKey>,
 ) -> Result<Response, ApiError> {
     require_admin(&p)?;
+    let limits = crate::catalog::KeyLimits {
+        rpm: req.rpm,
+        tpm: req.tpm,
+        daily_tokens: req.daily_tokens,
+    };
     let created = make_key(
         &core.catalog,
         &core.auth_secret,
         &req.name,
         &req.scopes,
-        req.rpm,
+        limits,
     )
     .await
     .map_err(|m| ApiError::new(Code::InvalidRequest, m))?;

@@ -13,7 +13,7 @@ mod keys;
 mod usage;
 
 pub use conversations::{ConversationRow, TurnRow};
-pub use keys::{AuditEntry, KeyInfo};
+pub use keys::{AuditEntry, KeyInfo, KeyLimits};
 pub use usage::{UsageAggregate, UsageRecord};
 
 use serde::Serialize;

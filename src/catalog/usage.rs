@@ -24,6 +24,8 @@ pub struct UsageRecord {
     /// `ok`, or the error code.
     pub outcome: String,
     pub cost_usd: f64,
+    /// The API key the call was made for, if any.
+    pub key_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
@@ -47,8 +49,8 @@ impl Catalog {
         for u in rows {
             sqlx::query(
                 "INSERT INTO usage (ts, request_id, collection, task, model, prompt_tokens, completion_tokens,
-                    latency_ms, first_token_ms, retries, cache_hit, outcome, cost_usd)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    latency_ms, first_token_ms, retries, cache_hit, outcome, cost_usd, key_id)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(u.ts)
             .bind(&u.request_id)
@@ -63,6 +65,7 @@ impl Catalog {
             .bind(u.cache_hit)
             .bind(&u.outcome)
             .bind(u.cost_usd)
+            .bind(&u.key_id)
             .execute(&mut *tx)
             .await?;
         }

@@ -109,6 +109,7 @@ pub async fn run(cfg: Config, args: AskArgs) -> anyhow::Result<ExitCode> {
             request_id: uuid::Uuid::new_v4().to_string(),
             conversation_id: None,
             use_cache: true,
+            key_id: None,
         });
         while let Some(ev) = events.next().await {
             match ev {

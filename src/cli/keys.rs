@@ -20,6 +20,12 @@ pub enum KeysCmd {
         /// Requests per minute the key may make (0: no limit of its own).
         #[arg(long, default_value_t = 0)]
         rpm: u32,
+        /// Model tokens per minute the key may use (0: no limit of its own).
+        #[arg(long, default_value_t = 0)]
+        tpm: u64,
+        /// Model tokens per day (UTC) the key may use (0: no limit of its own).
+        #[arg(long, default_value_t = 0)]
+        daily_tokens: u64,
         #[command(flatten)]
         remote: Remote,
         #[arg(long)]
@@ -62,12 +68,19 @@ pub async fn run(cfg: Config, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
             name,
             scopes,
             rpm,
+            tpm,
+            daily_tokens,
             remote,
             json,
         } => {
+            let limits = kb::catalog::KeyLimits {
+                rpm,
+                tpm,
+                daily_tokens,
+            };
             let created: serde_json::Value = match remote.server {
                 Some(base) => {
-                    let body = serde_json::json!({"name": name, "scopes": scopes, "rpm": rpm});
+                    let body = serde_json::json!({"name": name, "scopes": scopes, "rpm": rpm, "tpm": tpm, "daily_tokens": daily_tokens});
                     send(http().post(format!("{base}/v1/keys")).json(&body))
                         .await?
                         .json()
@@ -75,7 +88,7 @@ pub async fn run(cfg: Config, cmd: KeysCmd) -> anyhow::Result<ExitCode> {
                 }
                 None => {
                     let (catalog, secret) = catalog(&cfg).await?;
-                    let k = kb::api::make_key(&catalog, &secret, &name, &scopes, rpm)
+                    let k = kb::api::make_key(&catalog, &secret, &name, &scopes, limits)
                         .await
                         .map_err(anyhow::Error::msg)?;
                     let _ = catalog

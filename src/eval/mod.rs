@@ -139,6 +139,7 @@ impl Target for LocalTarget {
             conversation_id: None,
             // An evaluation measures answering, not the cache.
             use_cache: false,
+            key_id: None,
         });
         let mut out = Answer::default();
         let mut sources = Vec::new();

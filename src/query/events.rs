@@ -134,4 +134,6 @@ pub struct AskParams {
     pub conversation_id: Option<String>,
     /// Read the answer cache (false: answer afresh; the new answer is still stored).
     pub use_cache: bool,
+    /// The API key asking (its token limits count this answer's model calls).
+    pub key_id: Option<String>,
 }

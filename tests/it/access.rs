@@ -420,3 +420,74 @@ fn a_key_with_a_rate_is_held_to_it() {
         assert_eq!(free.get("/v1/collections").0, 200);
     }
 }
+
+/// A FAULT INJECTOR standing in for a model that reports 150 tokens per answer.
+async fn counted_model() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = format!(
+        "data: {}\n\ndata: {}\n\ndata: [DONE]\n\n",
+        json!({"choices": [{"index": 0, "delta": {"content": "It opens at seven [1]."}}]}),
+        json!({"choices": [], "usage": {"prompt_tokens": 100, "completion_tokens": 50}})
+    );
+    ([("content-type", "text/event-stream")], body).into_response()
+}
+
+/// Keys with a token allowance per minute and per day: once the model calls made for a key
+/// reach it, 429 (`rate_limited` / `token_budget_exhausted`) with Retry-After; other keys go on.
+#[test]
+fn token_allowances_per_key() {
+    let upstream = serve_upstream(
+        axum::Router::new().route("/v1/chat/completions", axum::routing::post(counted_model)),
+    );
+    let s = Server::start_with(&[
+        ("KB_AUTH__MODE", "keys"),
+        ("KB_LLM__PROVIDER", "openai"),
+        ("KB_LLM__MODEL", "counted"),
+        ("KB_LLM__BASE_URL", &upstream),
+        ("KB_LLM__GUARD", "off"),
+        ("KB_CACHE__ENABLED", "false"),
+    ]);
+    let key = |args: &[&str]| {
+        let mut all = vec!["keys", "create", "--name", "k", "--scope", "*", "--json"];
+        all.extend_from_slice(args);
+        let out = kb_cli(&s.data_dir, &all);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        As {
+            s: &s,
+            key: v["key"].as_str().unwrap().to_string(),
+        }
+    };
+    let writer = key(&[]);
+    let (st, up) = writer.upload("t", "gate.md", b"# Gate\n\nThe gate opens at seven.\n");
+    assert_eq!(st, 202, "{up}");
+    writer.wait(up["documents"][0]["job_id"].as_str().unwrap());
+    let ask = json!({"collection": "t", "question": "When does the gate open?", "stream": false});
+    for (k, code) in [
+        (key(&["--tpm", "200"]), "rate_limited"),
+        (key(&["--daily-tokens", "200"]), "token_budget_exhausted"),
+    ] {
+        // 150 tokens each: the first two fit (0, then 150 used), the third does not.
+        for i in 0..2 {
+            let (st, v) = k.post("/v1/ask", ask.clone());
+            assert_eq!(st, 200, "ask {i}: {v}");
+        }
+        let r = k
+            .req(reqwest::Method::POST, "/v1/ask")
+            .json(&ask)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 429, "{code}");
+        assert!(r.headers().contains_key("retry-after"));
+        assert_eq!(r.json::<Value>().unwrap()["error"]["code"], code);
+    }
+    assert_eq!(
+        writer.post("/v1/ask", ask).0,
+        200,
+        "a key without allowances goes on"
+    );
+}

@@ -191,6 +191,7 @@ pub(super) async fn chat_completions(
         request_id,
         conversation_id: None,
         use_cache: true,
+        key_id: p.key_id().map(str::to_string),
     });
 
     if req.stream != Some(true) {

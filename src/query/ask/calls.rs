@@ -131,6 +131,7 @@ impl QueryEngine {
             cost_usd: self
                 .usage
                 .cost(model, usage.prompt_tokens, usage.completion_tokens),
+            key_id: p.key_id.clone(),
         }
     }
 }
