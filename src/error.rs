@@ -90,6 +90,8 @@ codes! {
     InvalidTopK = "invalid_top_k", UNPROCESSABLE_ENTITY, false, false;
     InvalidMode = "invalid_mode", UNPROCESSABLE_ENTITY, false, false;
     ConversationCollectionMismatch = "conversation_collection_mismatch", CONFLICT, false, false;
+    /// The conversation has `conversations.max_turns` turns.
+    ConversationFull = "conversation_full", CONFLICT, false, false;
     /// The collection was built with another embedding model.
     EmbedderMismatch = "embedder_mismatch", CONFLICT, false, false;
     // Uploads.

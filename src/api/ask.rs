@@ -200,7 +200,7 @@ fn sse_event(ev: &AskEvent) -> Event {
         (status = 200, description = "The answer. As JSON when `stream` is false, or when `stream` is absent and `Accept` names `application/json` but not `text/event-stream`. Otherwise server-sent events, in order: `meta` (data: `Meta`), `sources` (data: an array of `Source`), `token`* (data: `TokenData`, pieces of the answer), then `done` (data: `Done`) or `error` (data: `ErrorBody`). `: keep-alive` comments keep the connection open. The status line waits until retrieval is through, so an error before that is a real HTTP status; later errors travel as the `error` event. The event-stream schema shows each event as `{\"event\": name, \"data\": ...}`", content((AskResponse = "application/json"), (AskStreamEvent = "text/event-stream"))),
         (status = 400, description = "`empty_question`, `invalid_collection`, `invalid_conversation_id`, `malformed_json`, `invalid_request` (an unreadable body)", body = ErrorBody),
         (status = 404, description = "`collection_not_found`", body = ErrorBody),
-        (status = 409, description = "`embedder_mismatch`, or `conversation_collection_mismatch`: the conversation belongs to another collection", body = ErrorBody),
+        (status = 409, description = "`embedder_mismatch`, `conversation_collection_mismatch` (the conversation belongs to another collection), or `conversation_full` (`conversations.max_turns`)", body = ErrorBody),
         (status = 413, description = "`question_too_long` (`limits.max_question_chars`), or `body_too_large` (over 2 MB)", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: the body is not `application/json`", body = ErrorBody),
         (status = 422, description = "`invalid_top_k` (1-100), `invalid_mode`, or a field of the wrong type or unknown (`invalid_request`)", body = ErrorBody),
@@ -255,6 +255,13 @@ pub(super) async fn ask(
             return Err(ApiError::new(
                 Code::ConversationNotFound,
                 format!("no conversation `{id}`"),
+            ));
+        }
+        let max_turns = core.config.conversations.max_turns as i64;
+        if conv.turn_count >= max_turns {
+            return Err(ApiError::new(
+                Code::ConversationFull,
+                format!("conversation `{id}` has {max_turns} turns, the most one may have: start a new one"),
             ));
         }
         if conv.collection != p.collection {

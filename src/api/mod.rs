@@ -67,8 +67,39 @@ pub fn router(core: Arc<Core>) -> Router {
             header::X_FRAME_OPTIONS,
             HeaderValue::from_static("DENY"),
         ))
+        .layer(cors(&core))
         .layer(axum::middleware::from_fn_with_state(core.clone(), observe))
         .with_state(core)
+}
+
+/// CORS: off unless `server.allowed_origins` names origins; then those may call the API from
+/// their pages (with the methods and headers the API uses).
+fn cors(core: &Core) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<HeaderValue> = core
+        .config
+        .server
+        .allowed_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+        .collect();
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([
+            axum::http::Method::GET,
+            axum::http::Method::POST,
+            axum::http::Method::DELETE,
+        ])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::ACCEPT,
+            axum::http::HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([axum::http::HeaderName::from_static("x-request-id")])
 }
 
 /// Request id, tracing span, metrics.

@@ -321,6 +321,8 @@ pub struct ConversationsConfig {
     pub history_tokens: usize,
     /// The last turns always sent verbatim.
     pub keep_turns: usize,
+    /// Turns one conversation may have; a question beyond it gets 409 `conversation_full`.
+    pub max_turns: usize,
 }
 
 impl Default for ConversationsConfig {
@@ -328,6 +330,7 @@ impl Default for ConversationsConfig {
         ConversationsConfig {
             history_tokens: 1024,
             keep_turns: 2,
+            max_turns: 1000,
         }
     }
 }

@@ -491,3 +491,43 @@ fn token_allowances_per_key() {
         "a key without allowances goes on"
     );
 }
+
+/// With `server.allowed_origins`, those origins get CORS answers and may post; others do not.
+#[test]
+fn listed_origins_get_cors_and_others_do_not() {
+    let s = Server::start_with(&[("KB_SERVER__ALLOWED_ORIGINS", r#"["https://app.example"]"#)]);
+    let c = Server::client();
+    let pre = |origin: &str| {
+        c.request(reqwest::Method::OPTIONS, s.url("/v1/search"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "content-type,authorization",
+            )
+            .send()
+            .unwrap()
+    };
+    let ok = pre("https://app.example");
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let bad = pre("https://evil.example");
+    assert!(bad.headers().get("access-control-allow-origin").is_none());
+    let post = |origin: &str| {
+        c.post(s.url("/v1/search"))
+            .header("origin", origin)
+            .json(&json!({"collection": "none", "query": "q"}))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(
+        post("https://app.example"),
+        404,
+        "the listed origin reaches the handler"
+    );
+    assert_eq!(post("https://evil.example"), 403);
+}

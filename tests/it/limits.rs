@@ -483,3 +483,25 @@ fn a_flood_of_multipart_parts_is_refused() {
         .unwrap();
     assert_eq!(r.status(), 202);
 }
+
+/// A conversation has at most `conversations.max_turns` turns (409 `conversation_full` after).
+#[test]
+fn a_conversation_has_a_bounded_length() {
+    let s = Server::start_with(&[("KB_CONVERSATIONS__MAX_TURNS", "2")]);
+    let (st, up) = s.upload(
+        "talk",
+        &[("bell.md", b"# Bell\n\nThe bell rings at noon.\n".to_vec())],
+    );
+    assert_eq!(st, 202, "{up}");
+    s.wait_job(up["documents"][0]["job_id"].as_str().unwrap());
+    let ask = json!({"collection": "talk", "question": "When does the bell ring?", "stream": false, "conversation_id": "c1"});
+    for _ in 0..2 {
+        assert_eq!(s.post_json("/v1/ask", &ask).0, 200);
+    }
+    let (st, v) = s.post_json("/v1/ask", &ask);
+    assert_eq!(st, 409, "{v}");
+    assert_eq!(v["error"]["code"], "conversation_full");
+    let mut other = ask.clone();
+    other["conversation_id"] = json!("c2");
+    assert_eq!(s.post_json("/v1/ask", &other).0, 200);
+}
