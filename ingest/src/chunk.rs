@@ -210,33 +210,37 @@ pub fn chunk(doc: &ExtractedDoc, cfg: &ChunkConfig, counter: &dyn TokenCounter) 
         .collect()
 }
 
+/// Whitespace tokens: a counter for tests and tools that have no model files (the chunker's
+/// logic does not depend on the tokenizer).
+pub struct Words;
+
+impl TokenCounter for Words {
+    fn token_offsets(&self, text: &str) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut start = None;
+        for (i, c) in text.char_indices() {
+            match (c.is_whitespace(), start) {
+                (false, None) => start = Some(i),
+                (true, Some(s)) => {
+                    out.push((s, i));
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = start {
+            out.push((s, text.len()));
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{extract, Limits};
 
-    /// Whitespace tokenizer: enough to test the splitting logic without model files.
-    struct Words;
-    impl TokenCounter for Words {
-        fn token_offsets(&self, text: &str) -> Vec<(usize, usize)> {
-            let mut out = Vec::new();
-            let mut start = None;
-            for (i, c) in text.char_indices() {
-                match (c.is_whitespace(), start) {
-                    (false, None) => start = Some(i),
-                    (true, Some(s)) => {
-                        out.push((s, i));
-                        start = None;
-                    }
-                    _ => {}
-                }
-            }
-            if let Some(s) = start {
-                out.push((s, text.len()));
-            }
-            out
-        }
-    }
+    use crate::Words;
 
     #[test]
     fn chunks_respect_the_limit_and_overlap() {

@@ -9,7 +9,7 @@ pub mod html;
 pub mod pdf;
 pub mod sniff;
 
-pub use chunk::{chunk, Chunk, ChunkConfig, TokenCounter};
+pub use chunk::{chunk, Chunk, ChunkConfig, TokenCounter, Words};
 pub use sniff::{sniff, MediaType};
 
 use std::time::Duration;

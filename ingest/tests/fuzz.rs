@@ -6,33 +6,12 @@
 //! invariant or takes over 10 s to `ingest/fuzz/regressions/`; `regressions_stay_fixed`
 //! replays the seeds and those files in every test run.
 
-use kb_ingest::{chunk, extract, from_pdf_pages, ChunkConfig, ExtractedDoc, Limits, TokenCounter};
+use kb_ingest::{
+    chunk, extract, from_pdf_pages, ChunkConfig, ExtractedDoc, Limits, TokenCounter, Words,
+};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-/// Whitespace tokens: the chunker's logic without model files.
-struct Words;
-impl TokenCounter for Words {
-    fn token_offsets(&self, text: &str) -> Vec<(usize, usize)> {
-        let mut out = Vec::new();
-        let mut start = None;
-        for (i, c) in text.char_indices() {
-            match (c.is_whitespace(), start) {
-                (false, None) => start = Some(i),
-                (true, Some(s)) => {
-                    out.push((s, i));
-                    start = None;
-                }
-                _ => {}
-            }
-        }
-        if let Some(s) = start {
-            out.push((s, text.len()));
-        }
-        out
-    }
-}
 
 fn regressions_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions")

@@ -67,17 +67,6 @@ impl As<'_> {
     }
 }
 
-fn kb_cli(data: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kb"));
-    scrub_kb_env(&mut cmd);
-    cmd.args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .env("KB_MODELS_DIR", models_dir())
-        .output()
-        .expect("run kb")
-}
-
 /// Keys A (collection a) and B (collection b): A never sees b's documents, chunks, answers,
 /// jobs, conversations, models or usage, and gets 403 on b's name or 404 on b's ids; a key is
 /// needed on every /v1 route, a revoked key stops at once, and admin actions are recorded.

@@ -6,14 +6,7 @@ use serde_json::Value;
 use std::process::{Command, Output};
 
 fn kb(data: &std::path::Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kb"));
-    scrub_kb_env(&mut cmd);
-    cmd.args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .env("KB_MODELS_DIR", models_dir())
-        .output()
-        .expect("run kb")
+    kb_cli(data, args)
 }
 
 #[test]

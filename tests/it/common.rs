@@ -25,6 +25,18 @@ pub fn models_dir() -> PathBuf {
     dir
 }
 
+/// Run the kb CLI with `args` on the data directory `data` (no KB_* of the test's own).
+pub fn kb_cli(data: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kb"));
+    scrub_kb_env(&mut cmd);
+    cmd.args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .env("KB_MODELS_DIR", models_dir())
+        .output()
+        .expect("run kb")
+}
+
 /// Real documents prepared by scripts/test-fixtures.sh.
 pub fn fixture(name: &str) -> Vec<u8> {
     let dir = std::env::var_os("KB_TEST_FIXTURES")
@@ -67,20 +79,35 @@ impl Server {
     }
 
     pub fn start_with(env: &[(&str, &str)]) -> Server {
-        let tmp = tempfile::tempdir().unwrap();
-        let data = tmp.path().join("data");
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        Server::launch(None, env, None, None)
+    }
+
+    /// Start `kb serve` on `data` (default: a new temp dir), with `env`, the log written to
+    /// `log` (default: inherited) and an open-file limit (default: none set).
+    fn launch(
+        data: Option<PathBuf>,
+        env: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+        nofile: Option<u64>,
+    ) -> Server {
+        let (data_dir, tmp) = match data {
+            Some(d) => (d, None),
+            None => {
+                let tmp = tempfile::tempdir().unwrap();
+                (tmp.path().join("data"), Some(tmp))
+            }
+        };
         let mut s = Server {
             base: String::new(),
-            data_dir: data,
+            data_dir,
             child: None,
-            env,
-            log_file: None,
-            nofile: None,
-            _tmp: Some(tmp),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            log_file: log.map(|p| p.to_path_buf()),
+            nofile,
+            _tmp: tmp,
         };
         s.spawn();
         s
@@ -88,58 +115,17 @@ impl Server {
 
     /// Like `start_with`, with the server's log (stderr) written to `log`.
     pub fn start_logging_to(env: &[(&str, &str)], log: &std::path::Path) -> Server {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut s = Server {
-            base: String::new(),
-            data_dir: tmp.path().join("data"),
-            child: None,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            log_file: Some(log.to_path_buf()),
-            nofile: None,
-            _tmp: Some(tmp),
-        };
-        s.spawn();
-        s
+        Server::launch(None, env, Some(log), None)
     }
 
     /// Like `start_with`, under an open-file limit of `nofile` (soft and hard).
     pub fn start_limited(env: &[(&str, &str)], nofile: u64) -> Server {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut s = Server {
-            base: String::new(),
-            data_dir: tmp.path().join("data"),
-            child: None,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            log_file: None,
-            nofile: Some(nofile),
-            _tmp: Some(tmp),
-        };
-        s.spawn();
-        s
+        Server::launch(None, env, None, Some(nofile))
     }
 
     /// Like `start_with`, on the data directory `data` (its parent is the working directory).
     pub fn start_at(data: PathBuf, env: &[(&str, &str)]) -> Server {
-        let mut s = Server {
-            base: String::new(),
-            data_dir: data,
-            child: None,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            log_file: None,
-            nofile: None,
-            _tmp: None,
-        };
-        s.spawn();
-        s
+        Server::launch(Some(data), env, None, None)
     }
 
     pub fn pid(&self) -> u32 {
