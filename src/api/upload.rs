@@ -273,7 +273,27 @@ pub async fn upload(
     p: crate::auth::Principal,
     Path(collection): Path<String>,
     headers: axum::http::HeaderMap,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    mut multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let r = receive(core, p, collection, headers, &mut multipart).await;
+    if r.is_err() {
+        // Refused before the whole body was read: read on (to a bound), so that the client,
+        // still sending, gets the status. Closing a socket with unread data resets it, and
+        // the client then sees a broken connection instead of the refusal.
+        if let Ok(m) = multipart.as_mut() {
+            drain_rest(m).await;
+        }
+    }
+    r
+}
+
+/// The upload itself: checks, each file streamed to `tmp/`, then registered.
+async fn receive(
+    core: AppState,
+    p: crate::auth::Principal,
+    collection: String,
+    headers: axum::http::HeaderMap,
+    multipart: &mut Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
     valid_collection(&collection)?;
     super::auth::require_write(&p, &collection)?;
@@ -284,7 +304,7 @@ pub async fn upload(
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     core.disk.room_for(declared_len).map_err(ApiError)?;
-    let mut multipart = multipart.map_err(|e| {
+    let multipart = multipart.as_mut().map_err(|e| {
         ApiError::new(
             Code::ExpectedMultipart,
             format!(
@@ -304,9 +324,7 @@ pub async fn upload(
     while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
         parts += 1;
         if parts > max_parts {
-            // Read on (to a bound) so that the client, still sending, gets the 413.
-            drop(field);
-            drain_rest(&mut multipart).await;
+            // `upload` reads on (to a bound) so that the client, still sending, gets the 413.
             return Err(ApiError::new(
                 Code::TooManyParts,
                 format!("at most {max_parts} multipart parts per request"),
@@ -316,8 +334,6 @@ pub async fn upload(
             continue;
         }
         if staged.len() >= max_files {
-            drop(field);
-            drain_rest(&mut multipart).await;
             return Err(ApiError::new(
                 Code::TooManyFiles,
                 format!("at most {max_files} files per request"),
@@ -337,11 +353,10 @@ pub async fn upload(
         while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
             size += chunk.len() as u64;
             if size > limit {
-                // Nothing more is stored; read on (to a bound) so that the client, still
-                // sending, gets the 413 instead of a reset connection.
+                // Nothing more is stored; this field and then the rest (`upload`) are read
+                // on, to a bound, so that the client, still sending, gets the 413 instead of
+                // a reset connection.
                 drain_field(&mut field).await;
-                drop(field);
-                drain_rest(&mut multipart).await;
                 return Err(ApiError::new(
                     Code::FileTooLarge,
                     format!("{name}: over the upload limit of {limit} bytes"),
