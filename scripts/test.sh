@@ -88,14 +88,7 @@ if ! command -v chromium >/dev/null; then
     || { $SUDO apt-get update -q >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null; }
 fi
 (cd tests/web && npm ci --no-audit --no-fund --silent)
-# Known intermittent failure (about 1 run in 4 on this 2-core VM, not yet explained): a page
-# request to a fresh kb server sometimes gets no answer within the test's wait. A failing run is
-# repeated once, loudly; a second failure fails the suite. See docs/NOTES.md, "The web page".
-web_tests() { KB_BIN="$CARGO_TARGET_DIR/debug/kb" KB_MODELS_DIR="$KB_MODELS_DIR" node --test tests/web/; }
-if ! web_tests; then
-  echo "== WARNING: the browser tests failed; running them once more (known intermittent failure)"
-  web_tests
-fi
+KB_BIN="$CARGO_TARGET_DIR/debug/kb" KB_MODELS_DIR="$KB_MODELS_DIR" node --test tests/web/
 
 step "OpenAI client tests (the official openai package)"
 # A virtual environment outside the clone, kept between runs like the cargo target directory.
