@@ -31,6 +31,8 @@ pub struct InfoRetrieval {
     pub mode: String,
     pub top_k: usize,
     pub candidates: usize,
+    /// Multi-part questions are also searched part by part.
+    pub split_questions: bool,
     pub fusion: InfoFusion,
 }
 

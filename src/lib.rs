@@ -407,6 +407,7 @@ impl Core {
             chat,
             visibility,
             candidates: config.retrieval.candidates,
+            split_questions: config.retrieval.split_questions,
             fusion: store::FusionParams {
                 k: config.retrieval.rrf_k,
                 dense_weight: config.retrieval.dense_weight,
@@ -464,6 +465,7 @@ impl Core {
                 mode: c.retrieval.mode.to_string(),
                 top_k: c.retrieval.top_k,
                 candidates: c.retrieval.candidates,
+                split_questions: c.retrieval.split_questions,
                 fusion: InfoFusion {
                     rrf_k: c.retrieval.rrf_k,
                     dense_weight: c.retrieval.dense_weight,

@@ -188,6 +188,9 @@ pub struct RetrievalConfig {
     pub rrf_k: f32,
     pub dense_weight: f32,
     pub sparse_weight: f32,
+    /// Also search each part of a multi-part question and fuse the rankings. Off: measured on
+    /// the public eval set it gained nothing (docs/NOTES.md, "Questions").
+    pub split_questions: bool,
 }
 
 impl Default for RetrievalConfig {
@@ -202,6 +205,7 @@ impl Default for RetrievalConfig {
             rrf_k: 20.0,
             dense_weight: 1.0,
             sparse_weight: 1.5,
+            split_questions: false,
         }
     }
 }

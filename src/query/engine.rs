@@ -90,6 +90,8 @@ pub struct QueryEngine {
     pub chat: Option<Arc<dyn ChatModel>>,
     pub visibility: Arc<Visibility>,
     pub candidates: usize,
+    /// Search a multi-part question's parts too (`retrieval.split_questions`).
+    pub split_questions: bool,
     pub fusion: FusionParams,
     pub context_window: usize,
     pub max_answer_tokens: usize,

@@ -18,6 +18,7 @@ pub mod guard;
 pub mod prompt;
 mod retrieve;
 pub mod sanitize;
+mod split;
 mod visibility;
 
 pub use ask::CachedAnswer;

@@ -3,9 +3,10 @@
 
 use super::engine::{QueryEngine, QueryError, SearchParams, Source};
 use super::extractive;
+use super::split;
 use crate::catalog::CollectionInfo;
 use crate::models::{ModelError, Priority};
-use crate::store::{SearchHit, SearchMode, SearchQuery, StoreError};
+use crate::store::{fuse_lists, SearchHit, SearchMode, SearchQuery, StoreError};
 use std::time::Instant;
 
 impl QueryEngine {
@@ -54,7 +55,8 @@ impl QueryEngine {
             .ok_or_else(|| QueryError::Model(ModelError::Malformed("no embedding".into())))
     }
 
-    /// Search with the question's vector when already computed.
+    /// Search with the question's vector when already computed. A multi-part question
+    /// (`split::parts`) is also searched part by part, and the rankings are fused.
     pub(super) async fn search_with(
         &self,
         p: &SearchParams,
@@ -68,10 +70,43 @@ impl QueryEngine {
                 None => Some(self.embed_question(&p.collection, &p.query).await?),
             }
         };
+        let parts = if self.split_questions {
+            split::parts(&p.query)
+        } else {
+            vec![]
+        };
+        let whole = self.store_search(p, &p.query, dense).await?;
+        if parts.is_empty() {
+            return self.decorate(whole).await;
+        }
+        let vectors = if p.mode == SearchMode::Sparse {
+            vec![None; parts.len()]
+        } else {
+            self.embed_texts(&p.collection, &parts)
+                .await?
+                .into_iter()
+                .map(Some)
+                .collect()
+        };
+        let mut lists = vec![whole];
+        for (part, v) in parts.iter().zip(vectors) {
+            lists.push(self.store_search(p, part, v).await?);
+        }
+        self.decorate(fuse_lists(lists, self.fusion.k, p.top_k))
+            .await
+    }
+
+    /// One search of the store for `text` (and its vector).
+    async fn store_search(
+        &self,
+        p: &SearchParams,
+        text: &str,
+        dense: Option<Vec<f32>>,
+    ) -> Result<Vec<SearchHit>, QueryError> {
         let q = SearchQuery {
             collection: p.collection.clone(),
             dense,
-            text: p.query.clone(),
+            text: text.to_string(),
             mode: p.mode,
             limit: p.top_k,
             candidates: self.candidates,
@@ -79,11 +114,35 @@ impl QueryEngine {
             doc_ids: p.doc_ids.clone(),
             hidden: self.visibility.hidden(&p.collection),
         };
-        let hits = match self.store.search(&q).await {
-            Err(StoreError::NoCollection(_)) => vec![],
-            r => r?,
-        };
-        self.decorate(hits).await
+        match self.store.search(&q).await {
+            Err(StoreError::NoCollection(_)) => Ok(vec![]),
+            r => Ok(r?),
+        }
+    }
+
+    /// Vectors for several texts in one call (interactive priority).
+    async fn embed_texts(
+        &self,
+        collection: &str,
+        texts: &[String],
+    ) -> Result<Vec<Vec<f32>>, QueryError> {
+        let t = Instant::now();
+        let model = self.embedder.model_id();
+        let r = self
+            .embedder
+            .embed(texts.to_vec(), Priority::Interactive)
+            .await;
+        let counter = self.embedder.token_counter();
+        let tokens: u64 = texts.iter().map(|s| counter.count(s) as u64).sum();
+        self.usage
+            .embed_call(collection, &model, tokens, t.elapsed(), &r);
+        let v = r?;
+        if v.len() != texts.len() {
+            return Err(QueryError::Model(ModelError::Malformed(
+                "wrong number of embeddings".into(),
+            )));
+        }
+        Ok(v)
     }
 
     /// The extractive answer to `search.query` from `sources`, with its grounding (including

@@ -202,6 +202,35 @@ pub fn fuse(
     hits
 }
 
+/// Reciprocal-rank fusion of several rankings (the whole question's first, then its parts'):
+/// a hit at rank r of a list adds `1 / (k + r)`. A hit keeps the retriever scores of the first
+/// list it appears in; ties go to the earlier position in the lists, so the result is
+/// deterministic.
+pub fn fuse_lists(lists: Vec<Vec<SearchHit>>, k: f32, limit: usize) -> Vec<SearchHit> {
+    let mut by_id: std::collections::HashMap<String, (f32, usize, SearchHit)> =
+        std::collections::HashMap::new();
+    let mut order = 0usize;
+    for list in lists {
+        for (i, h) in list.into_iter().enumerate() {
+            let add = 1.0 / (k + (i + 1) as f32);
+            order += 1;
+            by_id
+                .entry(h.chunk_id.clone())
+                .and_modify(|e| e.0 += add)
+                .or_insert((add, order, h));
+        }
+    }
+    let mut hits: Vec<(f32, usize, SearchHit)> = by_id.into_values().collect();
+    hits.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    hits.into_iter()
+        .take(limit)
+        .map(|(score, _, mut h)| {
+            h.score = score;
+            h
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SearchHit {
     pub chunk_id: String,
@@ -280,6 +309,25 @@ mod tests {
                 h
             })
             .collect()
+    }
+
+    #[test]
+    fn lists_fuse_by_reciprocal_rank_and_keep_first_scores() {
+        // The whole question's ranking, then two parts': a hit each part ranks first gets
+        // in, and one every list agrees on leads.
+        let whole = ranked(&["a", "b", "c", "d"], true);
+        let p1 = ranked(&["e", "a"], false);
+        let p2 = ranked(&["f", "a"], true);
+        let out = fuse_lists(vec![whole, p1, p2], 20.0, 3);
+        let ids: Vec<&str> = out.iter().map(|h| h.chunk_id.as_str()).collect();
+        // a: 1/21 + 1/22 + 1/22; e, f: 1/21 each (e first: earlier list); b: 1/22.
+        assert_eq!(ids, vec!["a", "e", "f"]);
+        assert!((out[0].score - (1.0 / 21.0 + 2.0 / 22.0)).abs() < 1e-6);
+        // a keeps the whole question's (dense) scores, e its part's (sparse) ones.
+        assert_eq!(out[0].dense.unwrap().rank, 1);
+        assert!(out[0].sparse.is_none());
+        assert_eq!(out[1].sparse.unwrap().rank, 1);
+        assert!(fuse_lists(vec![vec![], vec![]], 20.0, 3).is_empty());
     }
 
     #[test]
