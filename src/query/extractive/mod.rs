@@ -2,8 +2,10 @@
 //! best covers the question (a window of one to three sentences), with its citation, and
 //! declines when no passage covers enough of the question.
 
+mod entry;
 mod output;
 
+use entry::{labelled, whole_entry};
 pub use output::{is_decline, pieces};
 
 use super::engine::Source;
@@ -369,6 +371,7 @@ fn best_passages(question: &str, sources: &[Source]) -> Vec<Passage> {
     let mut out = Vec::new();
     for (si, segs) in per_source.iter().enumerate() {
         for (gi, seg) in segs.iter().enumerate() {
+            let whole = whole_entry(seg);
             for start in 0..seg.units.len() {
                 let mut text = String::new();
                 let mut set: HashSet<String> = seg.key.clone();
@@ -411,16 +414,17 @@ fn best_passages(question: &str, sources: &[Source]) -> Vec<Passage> {
                     let n = text.split_whitespace().count() as f64;
                     let rank_bonus = 0.08 / (1.0 + si as f64);
                     let score = ranked + rank_bonus - 0.0025 * n;
-                    // A passage from inside an entry names the entry's term first.
-                    let quoted = match &seg.label {
-                        Some(l) if start > 0 && l.ends_with(':') => format!("{l} {text}"),
-                        Some(l) if start > 0 => format!("{l}: {text}"),
-                        _ => text.clone(),
+                    // A passage from inside an entry names the entry's term first; a short
+                    // entry is quoted whole.
+                    let (quoted, span) = match (&whole, &seg.label) {
+                        (Some(w), _) => (w.clone(), (0, seg.units.len())),
+                        (None, Some(l)) if start > 0 => (labelled(l, &text), (start, k + 1)),
+                        _ => (text.clone(), (start, k + 1)),
                     };
                     out.push(Passage {
                         source: si,
                         segment: gi,
-                        span: (start, k + 1),
+                        span,
                         text: quoted,
                         score,
                         coverage,

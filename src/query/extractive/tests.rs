@@ -108,6 +108,38 @@ fn a_default_is_quoted_from_its_own_definition_entry() {
 }
 
 #[test]
+fn a_short_entry_is_quoted_whole() {
+    // The sentence that matches the question's words defines the entry; the value asked for
+    // stands in the next one, which shares none of them.
+    let sources = vec![src(
+        1,
+        "MINYEAR\nThe smallest year number allowed in a date object. MINYEAR is 1.\n\n\
+         MAXYEAR\nThe largest year number allowed in a date object. MAXYEAR is 9999.\n\n\
+         UTC\nAlias for the UTC timezone singleton.",
+    )];
+    let a = answer(
+        "What is the largest year number allowed in a date object?",
+        &sources,
+    );
+    assert_eq!(
+        a,
+        "MAXYEAR: The largest year number allowed in a date object. MAXYEAR is 9999. [1]"
+    );
+    // A long entry is still quoted by its best window.
+    let long = format!(
+        "MAXYEAR\nThe largest year number allowed in a date object. {}",
+        "Other text about calendars follows here at length. ".repeat(8)
+    );
+    let a = answer(
+        "What is the largest year number allowed in a date object?",
+        &[src(1, &long)],
+    );
+    assert!(a.starts_with("MAXYEAR"), "{a}");
+    assert!(a.contains("The largest year number allowed"), "{a}");
+    assert!(a.split_whitespace().count() < 40, "{a}");
+}
+
+#[test]
 fn a_passage_naming_the_entity_asked_about_beats_common_words() {
     let sources = vec![
         src(
@@ -135,7 +167,11 @@ fn a_passage_inside_an_entry_names_its_term() {
          -OO\nDo what -O does. Discard docstrings as well, in addition.",
     )];
     let a = answer("Which switch also discards docstrings?", &sources);
-    assert!(a.starts_with("-OO: Discard docstrings"), "{a}");
+    // A short entry is quoted whole, its term first.
+    assert_eq!(
+        a,
+        "-OO: Do what -O does. Discard docstrings as well, in addition. [1]"
+    );
 }
 
 #[test]
