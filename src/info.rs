@@ -23,6 +23,8 @@ pub struct InfoChunker {
     pub splitter: String,
     pub max_tokens: usize,
     pub overlap_tokens: usize,
+    /// Chunks are embedded with their heading path before their text.
+    pub embed_headings: bool,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -324,6 +324,7 @@ impl Core {
             config.embedding.provider != config::EmbeddingProvider::Local,
         ));
         ingestor.embedding_cache = config.cache.embeddings;
+        ingestor.embed_headings = config.chunking.embed_headings;
         ingestor.usage = Some(usage.clone());
         ingestor.metrics = Some(metrics.clone());
         let gen_counter: Arc<dyn kb_ingest::TokenCounter + Send + Sync> = ingestor
@@ -460,6 +461,7 @@ impl Core {
                 splitter: "text-splitter 0.33, Markdown-aware for Markdown and HTML".into(),
                 max_tokens: c.chunking.max_tokens,
                 overlap_tokens: c.chunking.overlap_tokens,
+                embed_headings: c.chunking.embed_headings,
             },
             retrieval: InfoRetrieval {
                 mode: c.retrieval.mode.to_string(),

@@ -165,6 +165,8 @@ pub struct ChunkingConfig {
     /// Largest chunk in embedder tokens; 0 = the embedder's maximum input.
     pub max_tokens: usize,
     pub overlap_tokens: usize,
+    /// Embed each chunk with its heading path (title > section > ...) before its text.
+    pub embed_headings: bool,
 }
 
 impl Default for ChunkingConfig {
@@ -172,6 +174,7 @@ impl Default for ChunkingConfig {
         ChunkingConfig {
             max_tokens: 0,
             overlap_tokens: 32,
+            embed_headings: true,
         }
     }
 }

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 mod background;
+mod embed_input;
 mod queue;
+use embed_input::embed_input;
 pub use queue::JobQueue;
 
 pub struct Ingestor {
@@ -38,6 +40,8 @@ pub struct Ingestor {
     pub gen_counter: Option<Arc<dyn kb_ingest::TokenCounter + Send + Sync>>,
     /// Reuse chunk embeddings by (embedder, content hash) from the catalog.
     pub embedding_cache: bool,
+    /// Embed each chunk with its heading path before it (`chunking.embed_headings`).
+    pub embed_headings: bool,
     /// Records remote embedding calls (usage and cost).
     pub usage: Option<Arc<crate::usage::UsageLog>>,
     /// Ingestion throughput and the embedding cache are counted here (`/metrics`).
@@ -155,6 +159,7 @@ impl Ingestor {
             events,
             gen_counter: None,
             embedding_cache: true,
+            embed_headings: true,
             usage: None,
             metrics: None,
             dirty: Mutex::new(HashMap::new()),
@@ -431,18 +436,22 @@ impl Ingestor {
             }
             // Text this embedder has embedded before (an earlier version, another document, a
             // re-run) is not embedded again.
+            // What each chunk is embedded as, and the key its vector is cached under.
+            let inputs: Vec<(String, String)> = batch
+                .iter()
+                .map(|c| embed_input(c, self.embed_headings))
+                .collect();
             let mut known = if self.embedding_cache {
-                let hashes: Vec<String> = batch.iter().map(|c| c.content_hash.clone()).collect();
+                let hashes: Vec<String> = inputs.iter().map(|(_, k)| k.clone()).collect();
                 self.catalog.cached_embeddings(&model, dim, &hashes).await?
             } else {
                 HashMap::new()
             };
-            let mut todo: Vec<&kb_ingest::Chunk> = Vec::new();
-            for c in batch {
-                if !known.contains_key(&c.content_hash)
-                    && !todo.iter().any(|t| t.content_hash == c.content_hash)
-                {
-                    todo.push(c);
+            let mut todo: Vec<(usize, &kb_ingest::Chunk)> = Vec::new();
+            for (i, c) in batch.iter().enumerate() {
+                let key = &inputs[i].1;
+                if !known.contains_key(key) && !todo.iter().any(|(j, _)| &inputs[*j].1 == key) {
+                    todo.push((i, c));
                 }
             }
             reused += (batch.len() - todo.len()) as i64;
@@ -450,21 +459,21 @@ impl Ingestor {
                 m.embedding_cache(todo.len() as u64, (batch.len() - todo.len()) as u64);
             }
             if !todo.is_empty() {
-                let texts: Vec<String> = todo.iter().map(|c| c.text.clone()).collect();
+                let texts: Vec<String> = todo.iter().map(|(i, _)| inputs[*i].0.clone()).collect();
                 let t = Instant::now();
                 let result = self.embedder.embed(texts, Priority::Bulk).await;
                 if let Some(m) = &self.metrics {
                     m.ingest_embedding(t.elapsed().as_secs_f64());
                 }
                 if let Some(u) = &self.usage {
-                    let tokens: u64 = todo.iter().map(|c| c.token_count as u64).sum();
+                    let tokens: u64 = todo.iter().map(|(_, c)| c.token_count as u64).sum();
                     u.embed_call(&job.collection, &model, tokens, t.elapsed(), &result);
                 }
                 let fresh = result?;
                 embedded += todo.len() as i64;
                 let items: Vec<(String, Vec<f32>)> = todo
                     .iter()
-                    .map(|c| c.content_hash.clone())
+                    .map(|(i, _)| inputs[*i].1.clone())
                     .zip(fresh)
                     .collect();
                 if self.embedding_cache {
@@ -475,10 +484,7 @@ impl Ingestor {
             self.catalog
                 .job_embed_counts(job_id, embedded, reused)
                 .await?;
-            let vectors: Vec<Vec<f32>> = batch
-                .iter()
-                .map(|c| known[&c.content_hash].clone())
-                .collect();
+            let vectors: Vec<Vec<f32>> = inputs.iter().map(|(_, k)| known[k].clone()).collect();
             let points = batch
                 .iter()
                 .zip(vectors)
