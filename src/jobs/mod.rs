@@ -466,7 +466,18 @@ impl Ingestor {
                     m.ingest_embedding(t.elapsed().as_secs_f64());
                 }
                 if let Some(u) = &self.usage {
-                    let tokens: u64 = todo.iter().map(|(_, c)| c.token_count as u64).sum();
+                    // What was sent: a heading path adds to the chunk's own tokens.
+                    let counter = self.embedder.token_counter();
+                    let tokens: u64 = todo
+                        .iter()
+                        .map(|(i, c)| {
+                            if inputs[*i].0.len() == c.text.len() {
+                                c.token_count as u64
+                            } else {
+                                counter.count(&inputs[*i].0) as u64
+                            }
+                        })
+                        .sum();
                     u.embed_call(&job.collection, &model, tokens, t.elapsed(), &result);
                 }
                 let fresh = result?;
