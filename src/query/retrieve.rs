@@ -42,17 +42,8 @@ impl QueryEngine {
         collection: &str,
         text: &str,
     ) -> Result<Vec<f32>, QueryError> {
-        let t = Instant::now();
-        let model = self.embedder.model_id();
-        let r = self
-            .embedder
-            .embed(vec![text.to_string()], Priority::Interactive)
-            .await;
-        let tokens = self.embedder.token_counter().count(text) as u64;
-        self.usage
-            .embed_call(collection, &model, tokens, t.elapsed(), &r);
-        r?.pop()
-            .ok_or_else(|| QueryError::Model(ModelError::Malformed("no embedding".into())))
+        let mut v = self.embed_texts(collection, &[text.to_string()]).await?;
+        Ok(v.remove(0))
     }
 
     /// Search with the question's vector when already computed. A multi-part question
