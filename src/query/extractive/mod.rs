@@ -10,7 +10,9 @@ pub use output::{is_decline, pieces};
 
 use super::engine::Source;
 use serde::{Deserialize, Serialize};
+use qdrant_rust_stemmers::{Algorithm, Stemmer};
 use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 
 pub const DECLINE: &str = "I don't know: the documents do not contain the answer.";
 
@@ -20,6 +22,9 @@ const MAX_WINDOW_WORDS: usize = 90;
 /// Wrapped lines are joined into one paragraph up to this many words (code is not prose).
 const MAX_JOINED_WORDS: usize = 80;
 
+/// Function words, and the words that only give a question its form ("tell me", "give",
+/// "called"): never content. Content words common in a collection ("python" in Python's
+/// documentation) are not listed; IDF over the sources weighs them down instead.
 const STOPWORDS: &[&str] = &[
     "a", "an", "the", "and", "or", "but", "if", "of", "to", "in", "on", "at", "by", "for", "with",
     "from", "as", "is", "are", "was", "were", "be", "been", "being", "it", "its", "this", "that",
@@ -28,8 +33,7 @@ const STOPWORDS: &[&str] = &[
     "must", "i", "you", "he", "she", "we", "they", "me", "my", "your", "our", "their", "there",
     "here", "than", "then", "so", "such", "into", "about", "over", "under", "any", "all", "some",
     "no", "not", "only", "own", "same", "too", "very", "s", "t", "just", "also", "has", "have",
-    "had", "having", "am", "up", "out", "one", "get", "use", "used", "using", "tell", "give",
-    "name", "called", "value", "python", "kind",
+    "had", "having", "am", "up", "out", "tell", "give", "called",
 ];
 
 pub(crate) fn words(text: &str) -> Vec<String> {
@@ -39,13 +43,11 @@ pub(crate) fn words(text: &str) -> Vec<String> {
         .collect()
 }
 
-pub(crate) fn stem(w: &str) -> &str {
-    for suf in ["ing", "ed", "es", "s"] {
-        if w.len() > suf.len() + 3 && w.ends_with(suf) {
-            return &w[..w.len() - suf.len()];
-        }
-    }
-    w
+/// The Snowball English stem of a lower-case word: the stemmer Qdrant's BM25 side uses, so
+/// retrieval, the answerer and the guard judge a word the same way.
+pub(crate) fn stem(w: &str) -> String {
+    static STEMMER: LazyLock<Stemmer> = LazyLock::new(|| Stemmer::create(Algorithm::English));
+    STEMMER.stem(w).into_owned()
 }
 
 pub(crate) fn terms(question: &str) -> Vec<String> {
@@ -53,7 +55,7 @@ pub(crate) fn terms(question: &str) -> Vec<String> {
     words(question)
         .into_iter()
         .filter(|w| !STOPWORDS.contains(&w.as_str()))
-        .map(|w| stem(&w).to_string())
+        .map(|w| stem(&w))
         .filter(|w| seen.insert(w.clone()))
         .collect()
 }
@@ -275,7 +277,7 @@ pub(crate) fn matches_term(word_stems: &HashSet<String>, term: &str) -> bool {
 }
 
 fn stems_of(text: &str) -> HashSet<String> {
-    words(text).iter().map(|w| stem(w).to_string()).collect()
+    words(text).iter().map(|w| stem(w)).collect()
 }
 
 /// The question's terms written as identifiers (`max_workers`, `HISTSIZE`, `os.path.join`,
@@ -286,7 +288,7 @@ fn entity_terms(question: &str) -> HashSet<String> {
         .filter(|t| is_identifier(t))
         .flat_map(words)
         .filter(|w| !STOPWORDS.contains(&w.as_str()))
-        .map(|w| stem(&w).to_string())
+        .map(|w| stem(&w))
         .collect()
 }
 
@@ -481,13 +483,13 @@ pub fn missing_words(question: &str, sources: &[Source]) -> Vec<String> {
     let present: HashSet<String> = sources
         .iter()
         .flat_map(|s| words(&s.text))
-        .map(|w| stem(&w).to_string())
+        .map(|w| stem(&w))
         .collect();
     let mut seen = HashSet::new();
     words(question)
         .into_iter()
         .filter(|w| !STOPWORDS.contains(&w.as_str()))
-        .filter(|w| !matches_term(&present, stem(w)))
+        .filter(|w| !matches_term(&present, &stem(w)))
         .filter(|w| seen.insert(w.clone()))
         .collect()
 }
