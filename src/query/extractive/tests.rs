@@ -321,3 +321,32 @@ fn a_planted_instruction_or_question_is_not_the_answer() {
     assert!(a.contains("30 days"), "{a}");
     assert!(!a.contains('?'), "{a}");
 }
+
+#[test]
+fn words_are_stemmed_as_bm25_stems_them() {
+    // Snowball, as Qdrant's BM25: "libraries" and "library" are one term (a suffix stripper
+    // made "librari" and "library", which no prefix rule joins).
+    assert_eq!(stem("libraries"), stem("library"));
+    assert_eq!(stem("compiling"), stem("compiled"));
+    let sources = vec![
+        src(1, "The tarfile module reads and writes tar archives."),
+        src(
+            2,
+            "The shared library search path is set by LD_LIBRARY_PATH at run time.",
+        ),
+    ];
+    let a = answer(
+        "Which variable sets where shared libraries are searched?",
+        &sources,
+    );
+    assert!(a.contains("[2]"), "{a}");
+}
+
+#[test]
+fn common_content_words_are_terms_not_stopwords() {
+    // "value" and "name" are often the attribute asked for; only function words are dropped.
+    let t = terms("What is the default value of the name field?");
+    assert!(t.contains(&stem("value")), "{t:?}");
+    assert!(t.contains(&stem("name")), "{t:?}");
+    assert!(!t.iter().any(|w| w == "the" || w == "what"), "{t:?}");
+}
