@@ -17,6 +17,7 @@ use utoipa::ToSchema;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/events", get(job_events))
 }
@@ -73,6 +74,67 @@ pub(super) async fn get_job(
         Some(j) if p.can_read(&j.collection) || p.can_write(&j.collection) => Ok(Json(j)),
         _ => Err(job_not_found(&id)),
     }
+}
+
+/// At most this many ids in one `GET /v1/jobs?ids=`.
+const MAX_IDS: usize = 500;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct JobsQuery {
+    ids: String,
+}
+
+/// The jobs of `GET /v1/jobs?ids=`.
+#[derive(Serialize, ToSchema)]
+pub struct JobList {
+    /// The jobs that exist and the caller may see, in no particular order (an id that is
+    /// unknown, or another tenant's, is left out).
+    pub jobs: Vec<JobRow>,
+}
+
+/// Several ingestion jobs' states in one request (what a client following many uploads polls).
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "jobs",
+    params(("ids" = String, Query, description = "Job ids, comma-separated, at most 500")),
+    responses(
+        (status = 200, description = "The jobs found", body = JobList),
+        (status = 400, description = "`invalid_request`: no `ids`, more than 500, or an unknown query parameter", body = ErrorBody),
+        (status = 500, description = "`internal_error` (details in the server log)", body = ErrorBody),
+    )
+)]
+pub(super) async fn list_jobs(
+    State(core): State<AppState>,
+    p: Principal,
+    q: Result<axum::extract::Query<JobsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<JobList>, ApiError> {
+    let axum::extract::Query(q) = q.map_err(|e| {
+        ApiError::new(
+            Code::InvalidRequest,
+            format!("query parameters: {} (`ids` is required)", e.body_text()),
+        )
+    })?;
+    let ids: Vec<String> = q
+        .ids
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if ids.is_empty() || ids.len() > MAX_IDS {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            format!(
+                "ids: give 1 to {MAX_IDS} job ids, comma-separated (got {})",
+                ids.len()
+            ),
+        ));
+    }
+    let mut jobs = core.catalog.jobs(&ids).await?;
+    jobs.retain(|j| p.can_read(&j.collection) || p.can_write(&j.collection));
+    Ok(Json(JobList { jobs }))
 }
 
 fn terminal(status: &str) -> bool {

@@ -35,6 +35,7 @@ use utoipa::OpenApi;
         super::collections::list_documents,
         super::collections::get_document,
         super::collections::delete_document,
+        super::jobs::list_jobs,
         super::jobs::get_job,
         super::jobs::job_events,
         super::ask::search,

@@ -3,36 +3,56 @@
 
 use super::*;
 
+const JOB_SELECT: &str =
+    "SELECT j.id, j.doc_id, j.version, d.collection, d.name, j.status, j.stage, j.done, j.total,
+            j.attempts, j.error, j.created_at, j.updated_at, COALESCE(v.content_hash, ''),
+            j.embedded, j.reused
+     FROM jobs j JOIN documents d ON d.id = j.doc_id
+     LEFT JOIN versions v ON v.doc_id = j.doc_id AND v.version = j.version";
+
+fn job_row(r: &sqlx::sqlite::SqliteRow) -> JobRow {
+    JobRow {
+        id: r.get(0),
+        doc_id: r.get(1),
+        version: r.get(2),
+        collection: r.get(3),
+        doc_name: r.get(4),
+        status: r.get(5),
+        stage: r.get(6),
+        done: r.get(7),
+        total: r.get(8),
+        attempts: r.get(9),
+        error: r.get(10),
+        created_at: r.get(11),
+        updated_at: r.get(12),
+        content_hash: r.get(13),
+        embedded: r.get(14),
+        reused: r.get(15),
+    }
+}
+
 impl Catalog {
     pub async fn job(&self, id: &str) -> Result<Option<JobRow>> {
-        let row = sqlx::query(
-            "SELECT j.id, j.doc_id, j.version, d.collection, d.name, j.status, j.stage, j.done, j.total,
-                    j.attempts, j.error, j.created_at, j.updated_at, COALESCE(v.content_hash, ''),
-                    j.embedded, j.reused
-             FROM jobs j JOIN documents d ON d.id = j.doc_id
-             LEFT JOIN versions v ON v.doc_id = j.doc_id AND v.version = j.version WHERE j.id = ?",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| JobRow {
-            id: r.get(0),
-            doc_id: r.get(1),
-            version: r.get(2),
-            collection: r.get(3),
-            doc_name: r.get(4),
-            status: r.get(5),
-            stage: r.get(6),
-            done: r.get(7),
-            total: r.get(8),
-            attempts: r.get(9),
-            error: r.get(10),
-            created_at: r.get(11),
-            updated_at: r.get(12),
-            content_hash: r.get(13),
-            embedded: r.get(14),
-            reused: r.get(15),
-        }))
+        let row = sqlx::query(&format!("{JOB_SELECT} WHERE j.id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| job_row(&r)))
+    }
+
+    /// The jobs among `ids` that exist, in one query per 500 ids (unknown ids are left out).
+    pub async fn jobs(&self, ids: &[String]) -> Result<Vec<JobRow>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for part in ids.chunks(500) {
+            let marks = vec!["?"; part.len()].join(",");
+            let sql = format!("{JOB_SELECT} WHERE j.id IN ({marks})");
+            let mut q = sqlx::query(&sql);
+            for id in part {
+                q = q.bind(id);
+            }
+            out.extend(q.fetch_all(&self.pool).await?.iter().map(job_row));
+        }
+        Ok(out)
     }
 
     /// A run of the job starts: `attempts` (runs started) goes up. Returns it.

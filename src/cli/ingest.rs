@@ -7,6 +7,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use kb::config::Config;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -192,30 +193,46 @@ pub async fn run(cfg: Config, args: IngestArgs) -> anyhow::Result<ExitCode> {
     let mut chunks_total = 0i64;
     let mut indexed = 0usize;
     while !pending.is_empty() {
+        // One query (one request per 500 ids with --server) for every unfinished job: polling
+        // each job alone took most of a core from the embedder on a large directory.
+        let ids: Vec<String> = pending.iter().map(|(job, _)| job.clone()).collect();
+        let rows: HashMap<String, serde_json::Value> = if let Some(core) = &core {
+            core.catalog
+                .jobs(&ids)
+                .await?
+                .into_iter()
+                .map(|j| (j.id.clone(), serde_json::to_value(j).unwrap()))
+                .collect()
+        } else {
+            let base = server.as_deref().unwrap().trim_end_matches('/');
+            let mut rows = HashMap::new();
+            for part in ids.chunks(500) {
+                let resp = client
+                    .get(format!("{base}/v1/jobs"))
+                    .query(&[("ids", part.join(","))])
+                    .send()
+                    .await?;
+                let status = resp.status();
+                let v: serde_json::Value = resp.json().await.unwrap_or_default();
+                if !status.is_success() {
+                    anyhow::bail!(
+                        "following the jobs: {}",
+                        v["error"]["message"].as_str().unwrap_or("request failed")
+                    );
+                }
+                for j in v["jobs"].as_array().into_iter().flatten() {
+                    rows.insert(j["id"].as_str().unwrap_or_default().to_string(), j.clone());
+                }
+            }
+            rows
+        };
         let mut still = Vec::new();
         for (job, name) in pending {
-            let row: Option<serde_json::Value> = if let Some(core) = &core {
-                core.catalog
-                    .job(&job)
-                    .await?
-                    .map(|j| serde_json::to_value(j).unwrap())
-            } else {
-                let base = server.as_deref().unwrap().trim_end_matches('/');
-                let resp = client.get(format!("{base}/v1/jobs/{job}")).send().await?;
-                if resp.status().is_success() {
-                    Some(resp.json().await?)
-                } else {
-                    None
-                }
-            };
-            match row
-                .as_ref()
-                .and_then(|r| r["status"].as_str().map(str::to_string))
-                .as_deref()
-            {
+            let row = rows.get(&job);
+            match row.and_then(|r| r["status"].as_str()) {
                 Some("done") => {
                     indexed += 1;
-                    chunks_total += row.as_ref().unwrap()["total"].as_i64().unwrap_or(0);
+                    chunks_total += row.unwrap()["total"].as_i64().unwrap_or(0);
                     pb.inc(1);
                 }
                 Some("failed") => {
@@ -224,7 +241,7 @@ pub async fn run(cfg: Config, args: IngestArgs) -> anyhow::Result<ExitCode> {
                         &pb,
                         format!(
                             "✗ {name}: {}",
-                            row.as_ref().unwrap()["error"].as_str().unwrap_or("failed")
+                            row.unwrap()["error"].as_str().unwrap_or("failed")
                         ),
                     );
                     pb.inc(1);
@@ -239,7 +256,7 @@ pub async fn run(cfg: Config, args: IngestArgs) -> anyhow::Result<ExitCode> {
         pending = still;
         pb.set_message(format!("{chunks_total} chunks"));
         if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
     pb.finish_and_clear();

@@ -182,6 +182,23 @@ fn keys_keep_tenants_apart() {
     assert_eq!(a.delete(&format!("/v1/documents/{b_doc}")), 404);
     assert_eq!(a.get(&format!("/v1/jobs/{b_job}")).0, 404);
     assert_eq!(a.get(&format!("/v1/jobs/{b_job}/events")).0, 404);
+    // Asked for both jobs at once, A sees its own only.
+    let a_job = up_a["documents"][0]["job_id"].as_str().unwrap();
+    let (st, both) = a.get(&format!("/v1/jobs?ids={a_job},{b_job},nope"));
+    assert_eq!(st, 200, "{both}");
+    let seen: Vec<&str> = both["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(seen, [a_job]);
+    assert_eq!(both["jobs"][0]["status"], "done");
+    assert_eq!(
+        b.get(&format!("/v1/jobs?ids={a_job},{b_job}")).1["jobs"][0]["id"],
+        b_job
+    );
+    assert_eq!(a.get("/v1/jobs").0, 400);
     assert_eq!(a.delete("/v1/collections/b"), 403);
     let q = json!({"collection": "b", "query": "vault code", "top_k": 5});
     assert_eq!(a.post("/v1/search", q).0, 403);
