@@ -139,7 +139,7 @@ pub(crate) fn weighted_generic(
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn scores_avx512(q: &[f32], kt: &[f32], tp: usize, sc: &mut [f32]) {
     use std::arch::x86_64::*;
-    debug_assert!(q.len() >= AR * 32 && kt.len() >= 32 * tp && sc.len() >= AR * tp);
+    assert!(q.len() >= AR * 32 && kt.len() >= 32 * tp && sc.len() >= AR * tp);
     let (q, kt, sc) = (q.as_ptr(), kt.as_ptr(), sc.as_mut_ptr());
     for j in (0..tp).step_by(32) {
         let mut c = [[_mm512_setzero_ps(); 2]; AR];
@@ -164,7 +164,7 @@ pub(crate) unsafe fn scores_avx512(q: &[f32], kt: &[f32], tp: usize, sc: &mut [f
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn weighted_avx512(sc: &[f32], tp: usize, v: &[f32], t: usize, o: &mut [f32]) {
     use std::arch::x86_64::*;
-    debug_assert!(sc.len() >= AR * tp && v.len() >= t * 32 && o.len() >= AR * 32 && t <= tp);
+    assert!(sc.len() >= AR * tp && v.len() >= t * 32 && o.len() >= AR * 32 && t <= tp);
     let (sc, v) = (sc.as_ptr(), v.as_ptr());
     let mut c = [[_mm512_setzero_ps(); 2]; AR];
     for j in 0..t {

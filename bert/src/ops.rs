@@ -26,9 +26,16 @@ pub(crate) fn linear(
     n: usize,
     out: &mut [f32],
     par: Parallelism,
+    short: bool,
 ) {
-    debug_assert_eq!(x.len(), rows * k);
-    debug_assert_eq!(w.len(), n * k);
+    assert_eq!(x.len(), rows * k);
+    assert_eq!(w.len(), n * k);
+    // `KB_BERT_NO_SMALL` (read once): always `gemm`, to measure the short-input path against it.
+    static SMALL: std::sync::LazyLock<bool> =
+        std::sync::LazyLock::new(|| std::env::var_os("KB_BERT_NO_SMALL").is_none());
+    if short && rows <= crate::small::MAX_ROWS && *SMALL {
+        return crate::small::linear_small(x, rows, k, w, b, n, out);
+    }
     let out = &mut out[..rows * n];
     out.par_chunks_mut(n).for_each(|r| r.copy_from_slice(b));
     // SAFETY: the slices hold exactly the rows x columns the strides describe (asserted above).

@@ -370,8 +370,10 @@ impl Config {
             }
         }
         fig = fig.merge(
+            // Not configuration: the config file, the log filter, the CLI's key, and the
+            // embedding engine's measuring switches (`KB_BERT_PROFILE`, `KB_BERT_NO_SMALL`).
             Env::prefixed("KB_")
-                .ignore(&["CONFIG", "LOG", "API_KEY"])
+                .ignore(&["CONFIG", "LOG", "API_KEY", "BERT_PROFILE", "BERT_NO_SMALL"])
                 .split("__")
                 .lowercase(true),
         );
