@@ -31,9 +31,8 @@ const MIN_TERMS: usize = 3;
 /// Sentences of `answer` whose content words are less than `min_support` covered by the
 /// sources they cite. Returns (sentences judged, unsupported sentences).
 pub fn check(answer: &str, sources: &[Source], min_support: f64) -> (usize, Vec<String>) {
-    let stems_of = |s: &Source| -> HashSet<String> {
-        words(&s.text).iter().map(|w| stem(w)).collect()
-    };
+    let stems_of =
+        |s: &Source| -> HashSet<String> { words(&s.text).iter().map(|w| stem(w)).collect() };
     let per_source: Vec<HashSet<String>> = sources.iter().map(stems_of).collect();
     let all: HashSet<String> = per_source.iter().flatten().cloned().collect();
     let numbers_per_source: Vec<HashSet<String>> =

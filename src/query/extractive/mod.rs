@@ -9,8 +9,8 @@ use entry::{labelled, whole_entry};
 pub use output::{is_decline, pieces};
 
 use super::engine::Source;
-use serde::{Deserialize, Serialize};
 use qdrant_rust_stemmers::{Algorithm, Stemmer};
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
