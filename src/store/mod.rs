@@ -77,7 +77,7 @@ pub struct CollectionSpec {
 }
 
 /// What every point carries (DESIGN 3.3).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ChunkPayload {
     pub collection: String,
     pub doc_id: String,

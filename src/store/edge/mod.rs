@@ -8,6 +8,7 @@
 //! - its WAL is written but never replayed or truncated, so durability comes from `flush()` after
 //!   each upsert, and the stale WAL is removed before a shard is opened (it would only grow).
 
+mod open;
 mod panics;
 
 use super::*;
@@ -182,112 +183,6 @@ impl EdgeStore {
             .build()
     }
 
-    fn open_blocking(root: &Path, spec: &CollectionSpec) -> Result<Shard> {
-        let dir = root.join(&spec.name);
-        std::fs::create_dir_all(&dir).map_err(err)?;
-        let spec_path = dir.join(SPEC_FILE);
-        if let Ok(bytes) = std::fs::read(&spec_path) {
-            let have: SpecFile = serde_json::from_slice(&bytes).map_err(err)?;
-            if have.dim != spec.dim || have.model != spec.model {
-                return Err(StoreError::DimensionMismatch {
-                    collection: spec.name.clone(),
-                    have: have.dim,
-                    have_model: have.model,
-                    want: spec.dim,
-                    want_model: spec.model.clone(),
-                });
-            }
-        } else {
-            let f = SpecFile {
-                model: spec.model.clone(),
-                dim: spec.dim,
-            };
-            std::fs::write(&spec_path, serde_json::to_vec(&f).map_err(err)?).map_err(err)?;
-        }
-        // 0.7.0 never replays its WAL: what it holds is already in the flushed segments or lost.
-        // But the WAL's index is the operation number every write is stamped with, and a point
-        // ignores a write (an overwrite, a delete) numbered below its own version: a new WAL must
-        // start above every version already on disk, or deletes after a restart silently do
-        // nothing.
-        let wal = dir.join("wal");
-        let next_op = Self::next_op_number(&dir.join("segments"));
-        if wal.exists() {
-            std::fs::remove_dir_all(&wal).map_err(err)?;
-        }
-        Self::empty_wal_starting_at(&wal, next_op)?;
-        // A kill during optimize() leaves scratch segments that load() does not remove.
-        let _ = std::fs::remove_dir_all(dir.join("temp_segments"));
-        let shard = EdgeShard::load(&dir, Some(Self::config(spec.dim))).map_err(|e| {
-            let m = e.to_string();
-            if m.contains("WouldBlock") || m.contains("lock") {
-                StoreError::Locked(dir.display().to_string())
-            } else {
-                err(m)
-            }
-        })?;
-        for field in ["doc_id", "version_key"] {
-            shard
-                .update(UpdateOperation::FieldIndexOperation(
-                    FieldIndexOperations::CreateIndex(CreateIndex {
-                        field_name: jp(field),
-                        field_schema: Some(PayloadFieldSchema::FieldType(
-                            PayloadSchemaType::Keyword,
-                        )),
-                    }),
-                ))
-                .map_err(err)?;
-        }
-        Ok(Shard {
-            shard,
-            write: Mutex::new(()),
-            optimizing: Mutex::new(()),
-            #[cfg(test)]
-            fail_next_flush: std::sync::atomic::AtomicBool::new(false),
-        })
-    }
-
-    /// An operation number above every version the shard's segments may hold: the largest
-    /// persisted segment version, plus a margin for writes a kill interrupted mid-flush (their
-    /// points may carry versions the segment's own record does not yet show).
-    fn next_op_number(segments: &Path) -> u64 {
-        const MARGIN: u64 = 1 << 20;
-        let mut max = 0u64;
-        if let Ok(dirs) = std::fs::read_dir(segments) {
-            for d in dirs.flatten() {
-                let Ok(bytes) = std::fs::read(d.path().join("segment.json")) else {
-                    continue;
-                };
-                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-                max = max.max(v["version"].as_u64().unwrap_or(0));
-            }
-        }
-        if max == 0 {
-            0
-        } else {
-            max + MARGIN
-        }
-    }
-
-    /// A WAL directory whose next entry is numbered `start`: one empty closed segment file,
-    /// `closed-<start>` (the WAL's segment format: the bytes `wal`, format version 0, a random
-    /// CRC seed; no entries).
-    fn empty_wal_starting_at(wal: &Path, start: u64) -> Result<()> {
-        std::fs::create_dir_all(wal).map_err(err)?;
-        if start == 0 {
-            return Ok(());
-        }
-        let mut header = vec![0u8; 4096];
-        header[..3].copy_from_slice(b"wal");
-        header[3] = 0;
-        let seed = uuid::Uuid::new_v4().as_u128() as u32;
-        header[4..8].copy_from_slice(&seed.to_le_bytes());
-        let path = wal.join(format!("closed-{start}"));
-        std::fs::write(&path, &header).map_err(err)?;
-        std::fs::File::open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(err)
-    }
-
     fn sparse_text(p: &ChunkPayload) -> String {
         match &p.heading {
             Some(h) => format!("{h}\n{}", p.text),
@@ -424,39 +319,38 @@ impl VectorStore for EdgeStore {
                 (!sv.indices.is_empty()).then(|| nearest(SPARSE, sv.into()))
             };
             let dense_q = || q.dense.clone().map(|d| nearest(DENSE, d.into()));
-            let run = |query: ScoringQuery, limit: usize| -> Result<Vec<SearchHit>> {
-                let req = QueryRequest {
-                    prefetches: vec![],
-                    query: Some(query),
-                    filter: filter.clone(),
-                    score_threshold: None,
-                    limit,
-                    offset: 0,
-                    params: None,
-                    with_vector: WithVector::Bool(false),
-                    with_payload: WithPayloadInterface::Bool(true),
-                };
-                let points = shard.shard.query(req).map_err(err)?;
-                let mut hits = Vec::with_capacity(points.len());
-                for p in points {
-                    let Some(payload) = p.payload else { continue };
-                    let payload: ChunkPayload =
-                        serde_json::from_value(serde_json::Value::Object(payload.0))
-                            .map_err(err)?;
-                    let chunk_id = match p.id {
-                        PointId::Uuid(u) => u.to_string(),
-                        PointId::NumId(n) => n.to_string(),
+            // Without payloads, hits carry an empty one (filled after fusion).
+            let run =
+                |query: ScoringQuery, limit: usize, with_payload: bool| -> Result<Vec<SearchHit>> {
+                    let req = QueryRequest {
+                        prefetches: vec![],
+                        query: Some(query),
+                        filter: filter.clone(),
+                        score_threshold: None,
+                        limit,
+                        offset: 0,
+                        params: None,
+                        with_vector: WithVector::Bool(false),
+                        with_payload: WithPayloadInterface::Bool(with_payload),
                     };
-                    hits.push(SearchHit {
-                        chunk_id,
-                        score: p.score,
-                        dense: None,
-                        sparse: None,
-                        payload,
-                    });
-                }
-                Ok(hits)
-            };
+                    let points = shard.shard.query(req).map_err(err)?;
+                    let mut hits = Vec::with_capacity(points.len());
+                    for p in points {
+                        let payload = match p.payload {
+                            Some(payload) => decode_payload(payload.0)?,
+                            None if with_payload => continue,
+                            None => ChunkPayload::default(),
+                        };
+                        hits.push(SearchHit {
+                            chunk_id: chunk_id_of(&p.id),
+                            score: p.score,
+                            dense: None,
+                            sparse: None,
+                            payload,
+                        });
+                    }
+                    Ok(hits)
+                };
             let tag = |mut hits: Vec<SearchHit>, dense: bool| {
                 for (i, h) in hits.iter_mut().enumerate() {
                     let r = Some(RetrieverScore {
@@ -473,27 +367,49 @@ impl VectorStore for EdgeStore {
             };
             match q.mode {
                 SearchMode::Dense => match dense_q() {
-                    Some(d) => Ok(tag(run(d, q.limit)?, true)),
+                    Some(d) => Ok(tag(run(d, q.limit, true)?, true)),
                     None => Ok(vec![]),
                 },
                 SearchMode::Sparse => match sparse_q() {
-                    Some(sq) => Ok(tag(run(sq, q.limit)?, false)),
+                    Some(sq) => Ok(tag(run(sq, q.limit, true)?, false)),
                     None => Ok(vec![]),
                 },
                 SearchMode::Hybrid => {
                     // Each retriever ranks its candidates; kb fuses them (weighted reciprocal
                     // rank) so every hit keeps both retrievers' raw scores and ranks, which the
                     // answerer uses to judge whether the evidence is strong enough.
+                    // The candidates are ranked without their payloads (a chunk's text is
+                    // most of its payload); only the fused top `limit` are read.
                     let n = q.candidates.max(q.limit);
                     let dense = match dense_q() {
-                        Some(d) => tag(run(d, n)?, true),
+                        Some(d) => tag(run(d, n, false)?, true),
                         None => vec![],
                     };
                     let sparse = match sparse_q() {
-                        Some(sq) => tag(run(sq, n)?, false),
+                        Some(sq) => tag(run(sq, n, false)?, false),
                         None => vec![],
                     };
-                    Ok(fuse(dense, sparse, &q.fusion, q.limit))
+                    let mut hits = fuse(dense, sparse, &q.fusion, q.limit);
+                    let ids: Vec<PointId> = hits.iter().map(|h| point_id_of(&h.chunk_id)).collect();
+                    let mut payloads: HashMap<String, ChunkPayload> = HashMap::new();
+                    for r in shard
+                        .shard
+                        .retrieve(&ids, Some(WithPayloadInterface::Bool(true)), None)
+                        .map_err(err)?
+                    {
+                        if let Some(p) = r.payload {
+                            payloads.insert(chunk_id_of(&r.id), decode_payload(p.0)?);
+                        }
+                    }
+                    // A chunk deleted since the query is left out, never shown empty.
+                    hits.retain_mut(|h| match payloads.remove(&h.chunk_id) {
+                        Some(p) => {
+                            h.payload = p;
+                            true
+                        }
+                        None => false,
+                    });
+                    Ok(hits)
                 }
             }
         })
@@ -590,3 +506,22 @@ impl VectorStore for EdgeStore {
 
 #[cfg(test)]
 mod tests;
+
+fn decode_payload(map: serde_json::Map<String, serde_json::Value>) -> Result<ChunkPayload> {
+    serde_json::from_value(serde_json::Value::Object(map)).map_err(err)
+}
+
+fn chunk_id_of(id: &PointId) -> String {
+    match id {
+        PointId::Uuid(u) => u.to_string(),
+        PointId::NumId(n) => n.to_string(),
+    }
+}
+
+/// The point id a chunk id names (kb writes UUIDs; a number is read as a numeric id).
+fn point_id_of(chunk_id: &str) -> PointId {
+    match uuid::Uuid::parse_str(chunk_id) {
+        Ok(u) => PointId::Uuid(u),
+        Err(_) => PointId::NumId(chunk_id.parse().unwrap_or_default()),
+    }
+}
