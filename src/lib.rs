@@ -409,6 +409,7 @@ impl Core {
             visibility,
             candidates: config.retrieval.candidates,
             split_questions: config.retrieval.split_questions,
+            unknown_word_min_chunks: config.retrieval.unknown_word_min_chunks,
             fusion: store::FusionParams {
                 k: config.retrieval.rrf_k,
                 dense_weight: config.retrieval.dense_weight,

@@ -92,6 +92,9 @@ pub struct QueryEngine {
     pub candidates: usize,
     /// Search a multi-part question's parts too (`retrieval.split_questions`).
     pub split_questions: bool,
+    /// `retrieval.unknown_word_min_chunks`: from this many chunks every missing question word
+    /// is looked up in the collection, not only names.
+    pub unknown_word_min_chunks: usize,
     pub fusion: FusionParams,
     pub context_window: usize,
     pub max_answer_tokens: usize,

@@ -153,11 +153,24 @@ impl QueryEngine {
     /// missing from a small collection says nothing, so only names count: written as one in
     /// the question, or not a whole word of the embedder's vocabulary. Errors count as known:
     /// this only ever adds a decline.
+    /// In a large collection (`retrieval.unknown_word_min_chunks`) every word counts: a word
+    /// that thousands of passages never use is as telling as a name ("uv").
     pub(super) async fn unknown_words(&self, p: &SearchParams, words: &[String]) -> Vec<String> {
+        if words.is_empty() {
+            return vec![];
+        }
         let hidden = self.visibility.hidden(&p.collection);
         let mut out = Vec::new();
+        let large = p.doc_ids.is_none()
+            && self
+                .store
+                .count(&p.collection, None)
+                .await
+                .is_ok_and(|n| n >= self.unknown_word_min_chunks);
         let names = words.iter().filter(|w| {
-            extractive::written_as_name(&p.query, w) || self.embedder.knows_word(w) == Some(false)
+            large
+                || extractive::written_as_name(&p.query, w)
+                || self.embedder.knows_word(w) == Some(false)
         });
         for w in names.take(8) {
             let q = SearchQuery {

@@ -346,3 +346,45 @@ fn logs_carry_user_text_only_when_content_logging_is_on() {
         );
     }
 }
+
+/// In a large collection every question word counts: one the collection never uses ("uv")
+/// turns the extractive answer into a decline although it is no name. Below
+/// `retrieval.unknown_word_min_chunks` only names count (a small collection lacks most words).
+#[test]
+fn a_word_a_large_collection_never_uses_is_declined() {
+    let docs = [
+        (
+            "ledger.md",
+            b"# Ledger\n\nThe harbour master keeps the cargo ledger in the tower office.\n"
+                .to_vec(),
+        ),
+        (
+            "tides.md",
+            b"# Tides\n\nHigh tide at the north quay comes at 16:20 on weekdays.\n".to_vec(),
+        ),
+    ];
+    let q = json!({"collection": "port", "question": "Where does the uv tool keep the cargo ledger?", "stream": false});
+    for (min_chunks, large) in [("2", true), ("2000", false)] {
+        let s = Server::start_with(&[("KB_RETRIEVAL__UNKNOWN_WORD_MIN_CHUNKS", min_chunks)]);
+        let (st, up) = s.upload("port", &docs);
+        assert_eq!(st, 202, "{up}");
+        for d in up["documents"].as_array().unwrap() {
+            s.wait_job(d["job_id"].as_str().unwrap());
+        }
+        let (st, v) = s.post_json("/v1/ask", &q);
+        assert_eq!(st, 200, "{v}");
+        let unknown = v["grounding"]["unknown_terms"].as_array().unwrap();
+        assert_eq!(
+            unknown.iter().any(|t| t == "uv"),
+            large,
+            "{min_chunks}: {v}"
+        );
+        assert_eq!(v["declined"], large, "{min_chunks}: {v}");
+        if !large {
+            assert!(
+                v["answer"].as_str().unwrap().contains("tower office"),
+                "{v}"
+            );
+        }
+    }
+}
