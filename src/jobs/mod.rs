@@ -10,7 +10,7 @@ use crate::catalog::{Catalog, JobRow};
 use crate::models::{Embedder, Priority};
 use crate::query::Visibility;
 use crate::store::{ChunkPayload, CollectionSpec, Point, VectorStore};
-use kb_ingest::{ChunkConfig, ExtractError, Limits};
+use kb_ingest::{ChunkConfig, ExtractError, Limits, MediaType};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -398,11 +398,19 @@ impl Ingestor {
             .map_err(|e| JobError::Blob(e.to_string()))?;
         let limits = self.limits.clone();
         let (prog, mut args) = self.extractor.clone();
+        let name = job.doc_name.clone();
         // One argument, so a name starting with '-' is not taken for a flag.
-        args.push(format!("--name={}", job.doc_name));
+        args.push(format!("--name={name}"));
         let doc = tokio::task::spawn_blocking(move || {
-            kb_ingest::check_and_sniff(&bytes, "", None, &limits)?;
-            kb_ingest::pdf::extract_isolated(&prog, &args, &bytes, &limits)
+            match kb_ingest::check_and_sniff(&bytes, &name, None, &limits)? {
+                // Markdown and plain text are only decoded and scanned line by line: nothing
+                // in them can exhaust memory or hang, so they skip the child process (whose
+                // start cost more than the rest of a small file's ingestion).
+                m @ (MediaType::Markdown | MediaType::Text) => {
+                    kb_ingest::extract_text_like(&bytes, m, &limits)
+                }
+                _ => kb_ingest::pdf::extract_isolated(&prog, &args, &bytes, &limits),
+            }
         })
         .await
         .map_err(|e| internal("reading", e))??;
