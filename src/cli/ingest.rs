@@ -154,14 +154,7 @@ pub async fn run(cfg: Config, args: IngestArgs) -> anyhow::Result<ExitCode> {
                     .multipart(form)
                     .send()
                     .await?;
-                let status = resp.status();
-                let v: serde_json::Value = resp.json().await.unwrap_or_default();
-                if !status.is_success() {
-                    anyhow::bail!(
-                        "{}",
-                        v["error"]["message"].as_str().unwrap_or("upload failed")
-                    );
-                }
+                let v = super::remote::json_ok(resp).await?;
                 let d = &v["documents"][0];
                 Ok((
                     d["job_id"].as_str().unwrap_or_default().to_string(),
@@ -212,14 +205,9 @@ pub async fn run(cfg: Config, args: IngestArgs) -> anyhow::Result<ExitCode> {
                     .query(&[("ids", part.join(","))])
                     .send()
                     .await?;
-                let status = resp.status();
-                let v: serde_json::Value = resp.json().await.unwrap_or_default();
-                if !status.is_success() {
-                    anyhow::bail!(
-                        "following the jobs: {}",
-                        v["error"]["message"].as_str().unwrap_or("request failed")
-                    );
-                }
+                let v = super::remote::json_ok(resp)
+                    .await
+                    .context("following the jobs")?;
                 for j in v["jobs"].as_array().into_iter().flatten() {
                     rows.insert(j["id"].as_str().unwrap_or_default().to_string(), j.clone());
                 }

@@ -35,3 +35,11 @@ pub async fn api_error(resp: reqwest::Response) -> String {
         .map(str::to_string)
         .unwrap_or_else(|| format!("request failed: HTTP {status}"))
 }
+
+/// The JSON body of a successful response, or the API's error message as the error.
+pub async fn json_ok(resp: reqwest::Response) -> anyhow::Result<serde_json::Value> {
+    if !resp.status().is_success() {
+        anyhow::bail!("{}", api_error(resp).await);
+    }
+    Ok(resp.json().await.unwrap_or_default())
+}
