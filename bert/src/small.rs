@@ -2,10 +2,10 @@
 //! input row with each weight row, read in place.
 //!
 //! `gemm` packs the whole weight matrix into its panel layout on every call. For a 256-token
-//! chunk that cost is spread over 256 rows; for a 16-row question it is most of the work (a
-//! profile of one question's forward pass: 12 ms in the linear layers, of which the products
-//! are the smaller part). Here each weight row is read once and multiplied with every input
-//! row while it is in L1; nothing is packed.
+//! chunk that cost is spread over 256 rows; for a 16-row question it weighs as much as the
+//! products (one 16-token question on 2 threads: 13.5 ms through `gemm`, 7.0 ms here). Here
+//! each weight row is read once and multiplied with every input row while it is in L1;
+//! nothing is packed.
 
 use rayon::prelude::*;
 
@@ -27,6 +27,9 @@ pub(crate) fn linear_small(
     out: &mut [f32],
 ) {
     assert!(x.len() >= rows * k && w.len() >= n * k && b.len() >= n && out.len() >= rows * n);
+    if rows == 0 || n == 0 {
+        return;
+    }
     // Transposed while computing (each task owns whole columns), then laid out as rows.
     let mut t = vec![0f32; n * rows];
     t.par_chunks_mut(COLS_PER_TASK * rows)
@@ -150,12 +153,12 @@ mod tests {
         let (rows, k) = (7, 100);
         let x: Vec<f32> = (0..rows * k).map(|i| (i % 17) as f32 - 8.0).collect();
         let w: Vec<f32> = (0..COLS * k).map(|i| (i % 5) as f32 * 0.5).collect();
+        // Small integers and halves: both sum exactly.
         for m in 1..=COLS {
             let (mut a, mut b) = (vec![0f32; m * rows], vec![0f32; m * rows]);
             dots(&x, rows, k, &w, m, &mut a);
             dots_portable(&x, rows, k, &w, m, &mut b);
             assert_eq!(a, b, "{m} columns");
         }
-        // Small integers and halves: both sum exactly.
     }
 }

@@ -153,6 +153,7 @@ impl QueryEngine {
     /// missing from a small collection says nothing, so only names count: written as one in
     /// the question, or not a whole word of the embedder's vocabulary. Errors count as known:
     /// this only ever adds a decline.
+    ///
     /// In a large collection (`retrieval.unknown_word_min_chunks`) every word counts: a word
     /// that thousands of passages never use is as telling as a name ("uv").
     pub(super) async fn unknown_words(&self, p: &SearchParams, words: &[String]) -> Vec<String> {
