@@ -237,6 +237,19 @@ async fn drain_field(field: &mut axum::extract::multipart::Field<'_>) -> usize {
     n
 }
 
+/// Read and discard a request body that is not multipart, up to 64 MiB.
+async fn drain_body(body: axum::body::Body) {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut n = 0usize;
+    while let Some(Ok(c)) = stream.next().await {
+        n += c.len();
+        if n > DRAIN_MAX {
+            break;
+        }
+    }
+}
+
 /// Read and discard the remaining fields, up to 64 MiB.
 async fn drain_rest(multipart: &mut Multipart) {
     let mut n = 0usize;
@@ -272,9 +285,29 @@ pub async fn upload(
     State(core): State<AppState>,
     p: crate::auth::Principal,
     Path(collection): Path<String>,
-    headers: axum::http::HeaderMap,
-    mut multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    use axum::extract::FromRequest;
+    let headers = req.headers().clone();
+    let ct = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut multipart = if ct.to_ascii_lowercase().starts_with("multipart/form-data") {
+        Multipart::from_request(req, &())
+            .await
+            .map_err(|e| e.body_text())
+    } else {
+        // Not multipart: the 415 comes once the body is read (to a bound), for the reason
+        // below.
+        drain_body(req.into_body()).await;
+        Err(if ct.is_empty() {
+            "the request has no Content-Type".to_string()
+        } else {
+            format!("the body is `{ct}`")
+        })
+    };
     let r = receive(core, p, collection, headers, &mut multipart).await;
     if r.is_err() {
         // Refused before the whole body was read: read on (to a bound), so that the client,
@@ -293,7 +326,7 @@ async fn receive(
     p: crate::auth::Principal,
     collection: String,
     headers: axum::http::HeaderMap,
-    multipart: &mut Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    multipart: &mut Result<Multipart, String>,
 ) -> Result<Response, ApiError> {
     valid_collection(&collection)?;
     super::auth::require_write(&p, &collection)?;
@@ -307,10 +340,7 @@ async fn receive(
     let multipart = multipart.as_mut().map_err(|e| {
         ApiError::new(
             Code::ExpectedMultipart,
-            format!(
-                "expected a multipart/form-data body with `file` parts: {}",
-                e.body_text()
-            ),
+            format!("expected a multipart/form-data body with `file` parts: {e}"),
         )
     })?;
     let limit = core.config.limits.max_upload_bytes;

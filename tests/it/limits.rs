@@ -522,6 +522,23 @@ fn a_refused_upload_gets_its_status_not_a_reset() {
             r.json::<Value>().unwrap()["error"]["code"],
             "invalid_collection"
         );
+        // The same bytes sent raw, not as multipart: 415, also only once they are read.
+        let r = Server::client()
+            .post(s.url("/v1/collections/docs/documents"))
+            .header("content-type", "text/plain")
+            .body(reqwest::blocking::Body::new(Slow(24)))
+            .send()
+            .unwrap_or_else(|e| panic!("round {round}, raw body: no status, only {e:?}"));
+        assert_eq!(r.status(), 415);
+        let v = r.json::<Value>().unwrap();
+        assert_eq!(v["error"]["code"], "expected_multipart", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("text/plain"),
+            "{v}"
+        );
     }
     assert_eq!(s.get("/healthz").0, 200);
 }
