@@ -77,7 +77,7 @@ pub(super) async fn get_job(
 }
 
 /// At most this many ids in one `GET /v1/jobs?ids=`.
-const MAX_IDS: usize = 500;
+pub const MAX_JOB_IDS: usize = 500;
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -123,11 +123,11 @@ pub(super) async fn list_jobs(
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect();
-    if ids.is_empty() || ids.len() > MAX_IDS {
+    if ids.is_empty() || ids.len() > MAX_JOB_IDS {
         return Err(ApiError::new(
             Code::InvalidRequest,
             format!(
-                "ids: give 1 to {MAX_IDS} job ids, comma-separated (got {})",
+                "ids: give 1 to {MAX_JOB_IDS} job ids, comma-separated (got {})",
                 ids.len()
             ),
         ));

@@ -20,6 +20,7 @@ mod web;
 pub use auth::{make_key, CreatedKey};
 pub use error::{slow_body, ApiError, ErrorBody, JsonBody};
 pub use http::{AppState, RequestId};
+pub use jobs::MAX_JOB_IDS;
 pub use openapi::ApiDoc;
 pub use validate::{search_params, valid_collection};
 

@@ -225,10 +225,15 @@ async fn read_tail(path: &std::path::Path, n: u64) -> std::io::Result<Vec<u8>> {
 
 const DRAIN_MAX: usize = 64 << 20;
 
-/// Read and discard the rest of a rejected field, up to 64 MiB.
-async fn drain_field(field: &mut axum::extract::multipart::Field<'_>) -> usize {
+/// Read and discard what is left of a stream of chunks (a rejected field, a body that is not
+/// multipart), up to 64 MiB. Returns the bytes read.
+async fn drain<S, E>(mut chunks: S) -> usize
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+{
+    use futures::StreamExt;
     let mut n = 0usize;
-    while let Ok(Some(c)) = field.chunk().await {
+    while let Some(Ok(c)) = chunks.next().await {
         n += c.len();
         if n > DRAIN_MAX {
             break;
@@ -237,25 +242,12 @@ async fn drain_field(field: &mut axum::extract::multipart::Field<'_>) -> usize {
     n
 }
 
-/// Read and discard a request body that is not multipart, up to 64 MiB.
-async fn drain_body(body: axum::body::Body) {
-    use futures::StreamExt;
-    let mut stream = body.into_data_stream();
-    let mut n = 0usize;
-    while let Some(Ok(c)) = stream.next().await {
-        n += c.len();
-        if n > DRAIN_MAX {
-            break;
-        }
-    }
-}
-
 /// Read and discard the remaining fields, up to 64 MiB.
 async fn drain_rest(multipart: &mut Multipart) {
     let mut n = 0usize;
     while n <= DRAIN_MAX {
         match multipart.next_field().await {
-            Ok(Some(mut f)) => n += drain_field(&mut f).await,
+            Ok(Some(mut f)) => n += drain(&mut f).await,
             _ => return,
         }
     }
@@ -301,7 +293,7 @@ pub async fn upload(
     } else {
         // Not multipart: the 415 comes once the body is read (to a bound), for the reason
         // below.
-        drain_body(req.into_body()).await;
+        drain(req.into_body().into_data_stream()).await;
         Err(if ct.is_empty() {
             "the request has no Content-Type".to_string()
         } else {
@@ -386,7 +378,7 @@ async fn receive(
                 // Nothing more is stored; this field and then the rest (`upload`) are read
                 // on, to a bound, so that the client, still sending, gets the 413 instead of
                 // a reset connection.
-                drain_field(&mut field).await;
+                drain(&mut field).await;
                 return Err(ApiError::new(
                     Code::FileTooLarge,
                     format!("{name}: over the upload limit of {limit} bytes"),

@@ -186,8 +186,8 @@ pub async fn run(cfg: Config, args: IngestArgs) -> anyhow::Result<ExitCode> {
     let mut chunks_total = 0i64;
     let mut indexed = 0usize;
     while !pending.is_empty() {
-        // One query (one request per 500 ids with --server) for every unfinished job: polling
-        // each job alone took most of a core from the embedder on a large directory.
+        // One query (with --server, one request per `MAX_JOB_IDS` ids) for every unfinished
+        // job: polling each job alone took most of a core from the embedder on a large directory.
         let ids: Vec<String> = pending.iter().map(|(job, _)| job.clone()).collect();
         let rows: HashMap<String, serde_json::Value> = if let Some(core) = &core {
             core.catalog
@@ -199,7 +199,7 @@ pub async fn run(cfg: Config, args: IngestArgs) -> anyhow::Result<ExitCode> {
         } else {
             let base = server.as_deref().unwrap().trim_end_matches('/');
             let mut rows = HashMap::new();
-            for part in ids.chunks(500) {
+            for part in ids.chunks(kb::api::MAX_JOB_IDS) {
                 let resp = client
                     .get(format!("{base}/v1/jobs"))
                     .query(&[("ids", part.join(","))])

@@ -479,7 +479,8 @@ impl Ingestor {
                     let tokens: u64 = todo
                         .iter()
                         .map(|(i, c)| {
-                            if inputs[*i].0.len() == c.text.len() {
+                            // The chunk's own key: it went alone, its count is known.
+                            if inputs[*i].1 == c.content_hash {
                                 c.token_count as u64
                             } else {
                                 counter.count(&inputs[*i].0) as u64
